@@ -1,0 +1,298 @@
+// N-API bindings. Arguments are validated by the TypeScript wrapper (src/backend/native) before
+// they get here; this layer still checks argument types so a wrong call throws instead of crashing.
+#include <napi.h>
+
+#include <cstring>
+
+#include "gemm.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace ak = adaptkit;
+
+namespace {
+
+template <class T>
+T* typed(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, bool nullable = false) {
+  const Napi::Value v = info[i];
+  if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a " +
+                                               (type == napi_float32_array ? "Float32Array" : "Int32Array"));
+  }
+  auto ta = v.As<Napi::TypedArray>();
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
+
+float* F(const Napi::CallbackInfo& info, size_t i, bool nullable = false) {
+  return typed<float>(info, i, napi_float32_array, nullable);
+}
+int32_t* I(const Napi::CallbackInfo& info, size_t i) { return typed<int32_t>(info, i, napi_int32_array); }
+
+// A Float32Array or an Int32Array (4-byte elements).
+void* Any4(const Napi::CallbackInfo& info, size_t i) {
+  const Napi::Value v = info[i];
+  if (v.IsTypedArray()) {
+    auto t = v.As<Napi::TypedArray>().TypedArrayType();
+    if (t == napi_float32_array) return F(info, i);
+    if (t == napi_int32_array) return I(info, i);
+  }
+  throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a Float32Array or Int32Array");
+}
+
+int64_t N(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number");
+  return info[i].As<Napi::Number>().Int64Value();
+}
+double D(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number");
+  return info[i].As<Napi::Number>().DoubleValue();
+}
+bool B(const Napi::CallbackInfo& info, size_t i) { return info[i].ToBoolean().Value(); }
+
+// meta: Float64Array [nd, shape..., (offset, strides...) per view]
+struct Meta {
+  int nd;
+  int64_t shape[ak::kMaxDims];
+};
+Meta read_meta(const Napi::CallbackInfo& info, size_t i, int nviews, ak::Strided* views) {
+  auto v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    throw Napi::TypeError::New(info.Env(), "meta must be a Float64Array");
+  auto ta = v.As<Napi::Float64Array>();
+  const double* m = ta.Data();
+  Meta meta;
+  meta.nd = static_cast<int>(m[0]);
+  if (meta.nd < 0 || meta.nd > ak::kMaxDims || ta.ElementLength() != static_cast<size_t>(1 + meta.nd + nviews * (1 + meta.nd)))
+    throw Napi::RangeError::New(info.Env(), "meta has the wrong length (at most 16 dims)");
+  for (int d = 0; d < meta.nd; d++) meta.shape[d] = static_cast<int64_t>(m[1 + d]);
+  for (int vi = 0; vi < nviews; vi++) {
+    const double* p = m + 1 + meta.nd + vi * (1 + meta.nd);
+    views[vi].offset = static_cast<int64_t>(p[0]);
+    for (int d = 0; d < meta.nd; d++) views[vi].strides[d] = static_cast<int64_t>(p[1 + d]);
+  }
+  return meta;
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  auto o = Napi::Object::New(info.Env());
+  o.Set("kernel", ak::gemm_kernel_name());
+  o.Set("threads", ak::ThreadPool::instance().threads());
+  return o;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  ak::ThreadPool::instance().set_threads(static_cast<int>(N(info, 0)));
+  return info.Env().Undefined();
+}
+
+Napi::Value SetGemmKernel(const Napi::CallbackInfo& info) {
+  const std::string name = info[0].ToString().Utf8Value();
+  return Napi::Boolean::New(info.Env(), ak::gemm_set_kernel(name.c_str()));
+}
+
+Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), ak::fma_peak_gflops(static_cast<int>(N(info, 0)), D(info, 1)));
+}
+
+Napi::Value Unary(const Napi::CallbackInfo& info) {
+  auto x = info[1].As<Napi::TypedArray>();
+  ak::unary(static_cast<int>(N(info, 0)), F(info, 1), F(info, 2), static_cast<int64_t>(x.ElementLength()));
+  return info.Env().Undefined();
+}
+
+Napi::Value UnaryBackward(const Napi::CallbackInfo& info) {
+  auto x = info[1].As<Napi::TypedArray>();
+  ak::unary_backward(static_cast<int>(N(info, 0)), F(info, 1), F(info, 2), F(info, 3), F(info, 4),
+                     static_cast<int64_t>(x.ElementLength()));
+  return info.Env().Undefined();
+}
+
+// binary(op, meta, a, b, out)
+Napi::Value Binary(const Napi::CallbackInfo& info) {
+  ak::Strided v[2];
+  Meta m = read_meta(info, 1, 2, v);
+  v[0].data = F(info, 2);
+  v[1].data = F(info, 3);
+  ak::binary(static_cast<int>(N(info, 0)), m.nd, m.shape, v[0], v[1], F(info, 4));
+  return info.Env().Undefined();
+}
+
+// where(meta, cond, a, b, out)
+Napi::Value Where(const Napi::CallbackInfo& info) {
+  ak::Strided v[3];
+  Meta m = read_meta(info, 0, 3, v);
+  v[0].data = F(info, 1);
+  v[1].data = F(info, 2);
+  v[2].data = F(info, 3);
+  ak::where(m.nd, m.shape, v[0], v[1], v[2], F(info, 4));
+  return info.Env().Undefined();
+}
+
+// copy(meta, src, dst)
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  ak::Strided v[2];
+  Meta m = read_meta(info, 0, 2, v);
+  v[0].data = Any4(info, 1);
+  v[1].data = Any4(info, 2);
+  ak::copy4(m.nd, m.shape, v[0], v[1]);
+  return info.Env().Undefined();
+}
+
+Napi::Value Reduce(const Napi::CallbackInfo& info) {
+  const bool is_max = B(info, 0);
+  (is_max ? ak::reduce_max : ak::reduce_sum)(F(info, 1), N(info, 2), N(info, 3), N(info, 4), F(info, 5));
+  return info.Env().Undefined();
+}
+
+// matmul(a, b, out, batch, m, n, k, lda, ldb, transA, transB, strideA, strideB, accumulate)
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  ak::GemmArgs g;
+  g.a = F(info, 0);
+  g.b = F(info, 1);
+  g.c = F(info, 2);
+  const int64_t batch = N(info, 3);
+  g.m = N(info, 4);
+  g.n = N(info, 5);
+  g.k = N(info, 6);
+  g.lda = N(info, 7);
+  g.ldb = N(info, 8);
+  g.trans_a = B(info, 9);
+  g.trans_b = B(info, 10);
+  g.accumulate = B(info, 13);
+  ak::sgemm_batched(g, batch, N(info, 11), N(info, 12), g.m * g.n);
+  return info.Env().Undefined();
+}
+
+Napi::Value IndexSelect(const Napi::CallbackInfo& info) {
+  auto idx = info[4].As<Napi::TypedArray>();
+  ak::index_select4(Any4(info, 0), N(info, 1), N(info, 2), N(info, 3), I(info, 4),
+                    static_cast<int64_t>(idx.ElementLength()), Any4(info, 5));
+  return info.Env().Undefined();
+}
+
+Napi::Value IndexAdd(const Napi::CallbackInfo& info) {
+  auto idx = info[4].As<Napi::TypedArray>();
+  ak::index_add(F(info, 0), N(info, 1), N(info, 2), N(info, 3), I(info, 4), static_cast<int64_t>(idx.ElementLength()),
+                F(info, 5));
+  return info.Env().Undefined();
+}
+
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  ak::softmax(F(info, 0), N(info, 1), N(info, 2), F(info, 3), B(info, 4));
+  return info.Env().Undefined();
+}
+
+Napi::Value SoftmaxBackward(const Napi::CallbackInfo& info) {
+  ak::softmax_backward(F(info, 0), F(info, 1), N(info, 2), N(info, 3), F(info, 4), B(info, 5));
+  return info.Env().Undefined();
+}
+
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  ak::rmsnorm(F(info, 0), F(info, 1), N(info, 2), N(info, 3), static_cast<float>(D(info, 4)), F(info, 5), F(info, 6));
+  return info.Env().Undefined();
+}
+
+Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
+  ak::rmsnorm_backward(F(info, 0), F(info, 1), F(info, 2), F(info, 3), N(info, 4), N(info, 5), F(info, 6, true),
+                       F(info, 7, true));
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
+  ak::layernorm(F(info, 0), F(info, 1), F(info, 2), N(info, 3), N(info, 4), static_cast<float>(D(info, 5)), F(info, 6),
+                F(info, 7), F(info, 8));
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
+  ak::layernorm_backward(F(info, 0), F(info, 1), F(info, 2), F(info, 3), F(info, 4), N(info, 5), N(info, 6),
+                         F(info, 7, true), F(info, 8, true), F(info, 9, true));
+  return info.Env().Undefined();
+}
+
+Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
+  ak::cross_entropy(F(info, 0), I(info, 1), N(info, 2), N(info, 3), static_cast<int32_t>(N(info, 4)), F(info, 5),
+                    F(info, 6));
+  return info.Env().Undefined();
+}
+
+Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
+  ak::cross_entropy_backward(F(info, 0), I(info, 1), F(info, 2), N(info, 3), N(info, 4),
+                             static_cast<int32_t>(N(info, 5)), F(info, 6), F(info, 7));
+  return info.Env().Undefined();
+}
+
+// attention(q, k, v, batch, heads, kvHeads, tq, tk, dim, scale, causal, mask, out, lse
+//           [, gradOut, dq, dk, dv])
+ak::Attention read_attention(const Napi::CallbackInfo& info, bool backward) {
+  ak::Attention a{};
+  a.q = F(info, 0);
+  a.k = F(info, 1);
+  a.v = F(info, 2);
+  a.batch = N(info, 3);
+  a.heads = N(info, 4);
+  a.kv_heads = N(info, 5);
+  a.tq = N(info, 6);
+  a.tk = N(info, 7);
+  a.dim = N(info, 8);
+  a.scale = static_cast<float>(D(info, 9));
+  a.causal = B(info, 10);
+  a.key_mask = F(info, 11, true);
+  a.out = F(info, 12);
+  a.lse = F(info, 13);
+  if (backward) {
+    a.grad_out = F(info, 14);
+    a.dq = F(info, 15);
+    a.dk = F(info, 16);
+    a.dv = F(info, 17);
+  }
+  return a;
+}
+
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  ak::attention(read_attention(info, false));
+  return info.Env().Undefined();
+}
+
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  ak::attention_backward(read_attention(info, true));
+  return info.Env().Undefined();
+}
+
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  ak::rope(F(info, 0), F(info, 1), F(info, 2), N(info, 3), N(info, 4), N(info, 5), F(info, 6), B(info, 7));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setGemmKernel", Napi::Function::New(env, SetGemmKernel));
+  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak));
+  exports.Set("unary", Napi::Function::New(env, Unary));
+  exports.Set("unaryBackward", Napi::Function::New(env, UnaryBackward));
+  exports.Set("binary", Napi::Function::New(env, Binary));
+  exports.Set("where", Napi::Function::New(env, Where));
+  exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("reduce", Napi::Function::New(env, Reduce));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("indexSelect", Napi::Function::New(env, IndexSelect));
+  exports.Set("indexAdd", Napi::Function::New(env, IndexAdd));
+  exports.Set("softmax", Napi::Function::New(env, Softmax));
+  exports.Set("softmaxBackward", Napi::Function::New(env, SoftmaxBackward));
+  exports.Set("rmsnorm", Napi::Function::New(env, RmsNorm));
+  exports.Set("rmsnormBackward", Napi::Function::New(env, RmsNormBackward));
+  exports.Set("layernorm", Napi::Function::New(env, LayerNorm));
+  exports.Set("layernormBackward", Napi::Function::New(env, LayerNormBackward));
+  exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
+  exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(adaptkit_native, Init)

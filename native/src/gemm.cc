@@ -1,0 +1,411 @@
+// Packed, register-blocked SGEMM (the GotoBLAS/BLIS structure): B is packed once per (jc, pc)
+// block into NR-wide panels shared by all threads, each thread packs its own MC x KC block of A
+// into MR-tall panels, and a micro-kernel keeps an MR x NR tile of C in registers.
+#include "gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "threadpool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define ADAPTKIT_X86 1
+#endif
+
+namespace adaptkit {
+
+namespace {
+
+struct KernelInfo {
+  const char* name;
+  int mr, nr;
+  // C tile (mr x nr, row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel over kc.
+  void (*kernel)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
+};
+
+// ---------- generic (portable C++, auto-vectorized) ----------
+constexpr int GMR = 4, GNR = 16;
+void kernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool acc) {
+  float t[GMR][GNR] = {};
+  for (int64_t p = 0; p < kc; p++) {
+    for (int i = 0; i < GMR; i++) {
+      const float av = a[p * GMR + i];
+      for (int j = 0; j < GNR; j++) t[i][j] += av * b[p * GNR + j];
+    }
+  }
+  for (int i = 0; i < GMR; i++)
+    for (int j = 0; j < GNR; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i][j] : t[i][j];
+}
+
+#ifdef ADAPTKIT_X86
+// ---------- AVX2 + FMA: 6 x 16 ----------
+__attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a, const float* b, float* c,
+                                                     int64_t ldc, bool acc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t p = 0; p < kc; p++) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 av = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    a += 6;
+    b += 16;
+  }
+  __m256 r[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < 6; i++) {
+    for (int j = 0; j < 2; j++) {
+      float* dst = c + i * ldc + j * 8;
+      __m256 v = r[i][j];
+      if (acc) v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
+      _mm256_storeu_ps(dst, v);
+    }
+  }
+}
+
+// ---------- AVX-512: MR x 32 (2*MR accumulators, 2 B vectors, A broadcast) ----------
+template <int MR>
+__attribute__((target("avx512f"))) void kernel_avx512(int64_t kc, const float* a, const float* b, float* c,
+                                                       int64_t ldc, bool acc) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; i++) {
+    c0[i] = _mm512_setzero_ps();
+    c1[i] = _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < kc; p++) {
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+      const __m512 av = _mm512_set1_ps(a[i]);
+      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+    }
+    a += MR;
+    b += 32;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; i++) {
+    float* dst = c + i * ldc;
+    __m512 v0 = c0[i], v1 = c1[i];
+    if (acc) {
+      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
+      v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst + 16));
+    }
+    _mm512_storeu_ps(dst, v0);
+    _mm512_storeu_ps(dst + 16, v1);
+  }
+}
+#endif
+
+const KernelInfo kGeneric{"generic", GMR, GNR, kernel_generic};
+#ifdef ADAPTKIT_X86
+const KernelInfo kAvx2{"avx2", 6, 16, kernel_avx2};
+#ifndef ADAPTKIT_AVX512_MR
+#define ADAPTKIT_AVX512_MR 14
+#endif
+const KernelInfo kAvx512{"avx512", ADAPTKIT_AVX512_MR, 32, kernel_avx512<ADAPTKIT_AVX512_MR>};
+#endif
+
+const KernelInfo* detect() {
+#ifdef ADAPTKIT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return &kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kAvx2;
+#endif
+  return &kGeneric;
+}
+
+const KernelInfo* g_kernel = detect();
+
+#ifndef ADAPTKIT_KC
+#define ADAPTKIT_KC 384
+#endif
+constexpr int64_t KC = ADAPTKIT_KC;
+#ifndef ADAPTKIT_MC
+#define ADAPTKIT_MC 112
+#endif
+constexpr int64_t MC_TARGET = ADAPTKIT_MC;  // rows of A per task (a multiple of MR is chosen below)
+constexpr int64_t NC = 3072;
+
+float* aligned_buffer(std::vector<float>& v, size_t n) {
+  if (v.size() < n + 16) v.resize(n + 16);
+  uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+// Pack op(B)[pc:pc+kc, jc+j0 : jc+j0+nr*panels] into NR-wide panels (zero-padded).
+void pack_b_panel(const GemmArgs& g, int64_t pc, int64_t kc, int64_t j, int64_t nr, float* dst) {
+  const int64_t cols = std::min<int64_t>(nr, g.n - j);
+  if (!g.trans_b) {
+    for (int64_t p = 0; p < kc; p++) {
+      const float* src = g.b + (pc + p) * g.ldb + j;
+      float* d = dst + p * nr;
+      std::memcpy(d, src, cols * sizeof(float));
+      for (int64_t q = cols; q < nr; q++) d[q] = 0.f;
+    }
+  } else {
+    for (int64_t q = 0; q < cols; q++) {
+      const float* src = g.b + (j + q) * g.ldb + pc;
+      for (int64_t p = 0; p < kc; p++) dst[p * nr + q] = src[p];
+    }
+    for (int64_t q = cols; q < nr; q++)
+      for (int64_t p = 0; p < kc; p++) dst[p * nr + q] = 0.f;
+  }
+}
+
+// Pack op(A)[i0:i0+mc, pc:pc+kc] into MR-tall panels (zero-padded).
+void pack_a_block(const GemmArgs& g, int64_t i0, int64_t mc, int64_t pc, int64_t kc, int64_t mr, float* dst) {
+  for (int64_t ip = 0; ip < mc; ip += mr) {
+    const int64_t rows = std::min<int64_t>(mr, mc - ip);
+    float* d = dst + ip * kc;
+    if (!g.trans_a) {
+      for (int64_t r = 0; r < rows; r++) {
+        const float* src = g.a + (i0 + ip + r) * g.lda + pc;
+        for (int64_t p = 0; p < kc; p++) d[p * mr + r] = src[p];
+      }
+    } else {
+      for (int64_t p = 0; p < kc; p++) {
+        const float* src = g.a + (pc + p) * g.lda + i0 + ip;
+        std::memcpy(d + p * mr, src, rows * sizeof(float));
+      }
+    }
+    for (int64_t r = rows; r < mr; r++)
+      for (int64_t p = 0; p < kc; p++) d[p * mr + r] = 0.f;
+  }
+}
+
+thread_local std::vector<float> tl_apack;
+thread_local std::vector<float> tl_bpack;
+
+// One MC x NC block of C against packed A (mc rows) and packed B (nc columns).
+void macro_kernel(const KernelInfo& K, const GemmArgs& g, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc,
+                  const float* apack, const float* bpack, bool acc) {
+  const int mr = K.mr, nr = K.nr;
+  float edge[16 * 64];
+  for (int64_t jp = 0; jp < nc; jp += nr) {
+    const int64_t cols = std::min<int64_t>(nr, nc - jp);
+    const float* bp = bpack + jp * kc;
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+      const int64_t rows = std::min<int64_t>(mr, mc - ip);
+      const float* ap = apack + ip * kc;
+      float* cp = g.c + (i0 + ip) * g.n + j0 + jp;
+      if (rows == mr && cols == nr) {
+        K.kernel(kc, ap, bp, cp, g.n, acc);
+      } else {
+        K.kernel(kc, ap, bp, edge, nr, false);
+        for (int64_t r = 0; r < rows; r++)
+          for (int64_t q = 0; q < cols; q++)
+            cp[r * g.n + q] = acc ? cp[r * g.n + q] + edge[r * nr + q] : edge[r * nr + q];
+      }
+    }
+  }
+}
+
+void sgemm_impl(const GemmArgs& g, bool threads) {
+  const KernelInfo& K = *g_kernel;
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {
+    if (!g.accumulate)
+      for (int64_t i = 0; i < g.m; i++) std::memset(g.c + i * g.n, 0, g.n * sizeof(float));
+    return;
+  }
+  ThreadPool& pool = ThreadPool::instance();
+  const int nt = threads ? pool.threads() : 1;
+  const int64_t mr = K.mr, nr = K.nr;
+  // rows per task: a multiple of MR near MC_TARGET, smaller when M is small so every thread has work
+  // M is cut into tasks of whole MR panels, evenly (sizes differ by at most one panel), at most
+  // MC_TARGET rows each and a multiple of the thread count, so dynamic claiming balances well
+  const int64_t pm = (g.m + mr - 1) / mr;
+  int64_t mtasks = std::max<int64_t>(1, (pm * mr + MC_TARGET - 1) / MC_TARGET);
+  if (nt > 1) mtasks = std::min<int64_t>(pm, ((mtasks + nt - 1) / nt) * nt);
+  auto m_panel = [&](int64_t t) { return t * pm / mtasks; };
+  // split N too when M alone cannot feed the threads
+  int64_t nsplit = 1;
+  const int64_t npanels = (g.n + nr - 1) / nr;
+  while (mtasks * nsplit < 2 * nt && nsplit < npanels) nsplit++;
+  const int64_t max_rows = ((pm + mtasks - 1) / mtasks) * mr;
+  for (int64_t jc = 0; jc < g.n; jc += NC) {
+    const int64_t nc = std::min<int64_t>(NC, g.n - jc);
+    const int64_t ncp = ((nc + nr - 1) / nr) * nr;
+    for (int64_t pc = 0; pc < g.k; pc += KC) {
+      const int64_t kc = std::min<int64_t>(KC, g.k - pc);
+      const bool acc = g.accumulate || pc > 0;
+      float* bpack = aligned_buffer(tl_bpack, ncp * kc);
+      const int64_t panels = ncp / nr;
+      auto packb = [&](int t, int) {
+        const int64_t per = (panels + 3) / 4;
+        for (int64_t q = t * per; q < std::min<int64_t>(panels, (t + 1) * per); q++)
+          pack_b_panel(g, pc, kc, jc + q * nr, nr, bpack + q * nr * kc);
+      };
+      if (nt > 1 && panels >= 8) pool.parallel_for(4, packb);
+      else for (int t = 0; t < 4; t++) packb(t, 0);
+
+      const int64_t panels_per_split = (panels + nsplit - 1) / nsplit;
+      auto compute = [&](int task, int) {
+        const int64_t it = task / nsplit, js = task % nsplit;
+        const int64_t i0 = m_panel(it) * mr;
+        const int64_t rows = std::min<int64_t>(m_panel(it + 1) * mr, g.m) - i0;
+        if (rows <= 0) return;
+        const int64_t p0 = js * panels_per_split;
+        const int64_t p1 = std::min<int64_t>(panels, p0 + panels_per_split);
+        if (p0 >= p1) return;
+        const int64_t j0 = p0 * nr;
+        const int64_t cols = std::min<int64_t>(nc, p1 * nr) - j0;
+        float* apack = aligned_buffer(tl_apack, max_rows * kc);
+        pack_a_block(g, i0, rows, pc, kc, mr, apack);
+        macro_kernel(K, g, i0, rows, jc + j0, cols, kc, apack, bpack + j0 * kc, acc);
+      };
+      const int tasks = static_cast<int>(mtasks * nsplit);
+      if (nt > 1) pool.parallel_for(tasks, compute);
+      else for (int t = 0; t < tasks; t++) compute(t, 0);
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(const GemmArgs& g, bool threads) { sgemm_impl(g, threads); }
+
+void sgemm_batched(const GemmArgs& g, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+  const double flops = 2.0 * g.m * g.n * g.k;
+  if (batch <= 1 || flops >= 4e6) {
+    for (int64_t i = 0; i < batch; i++) {
+      GemmArgs gi = g;
+      gi.a += i * stride_a;
+      gi.b += i * stride_b;
+      gi.c += i * stride_c;
+      sgemm_impl(gi, true);
+    }
+    return;
+  }
+  // many small GEMMs: one per task, each on one thread
+  ThreadPool::instance().parallel_for(static_cast<int>(batch), [&](int i, int) {
+    GemmArgs gi = g;
+    gi.a += i * stride_a;
+    gi.b += i * stride_b;
+    gi.c += i * stride_c;
+    sgemm_impl(gi, false);
+  });
+}
+
+const char* gemm_kernel_name() { return g_kernel->name; }
+
+bool gemm_set_kernel(const char* name) {
+  const KernelInfo* best = detect();
+  if (std::strcmp(name, "generic") == 0) { g_kernel = &kGeneric; return true; }
+#ifdef ADAPTKIT_X86
+  if (std::strcmp(name, "avx2") == 0 && (best == &kAvx2 || best == &kAvx512) &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) { g_kernel = &kAvx2; return true; }
+  if (std::strcmp(name, "avx512") == 0 && best == &kAvx512) { g_kernel = &kAvx512; return true; }
+#endif
+  (void)best;
+  return false;
+}
+
+// ---------- FMA peak ----------
+namespace {
+#ifdef ADAPTKIT_X86
+__attribute__((target("avx512f"))) double peak_avx512(int64_t iters) {
+  __m512 acc[24];
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps(1.0f + i * 1e-3f);
+  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
+  alignas(64) float out[16];
+  _mm512_store_ps(out, s);
+  volatile float sink = out[0];
+  (void)sink;
+  return 24.0 * 16 * 2 * static_cast<double>(iters);
+}
+__attribute__((target("avx2,fma"))) double peak_avx2(int64_t iters) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; i++) acc[i] = _mm256_set1_ps(1.0f + i * 1e-3f);
+  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, acc[i]);
+  alignas(32) float out[8];
+  _mm256_store_ps(out, s);
+  volatile float sink = out[0];
+  (void)sink;
+  return 12.0 * 8 * 2 * static_cast<double>(iters);
+}
+#endif
+double peak_generic(int64_t iters) {
+  float acc[64];
+  for (int i = 0; i < 64; i++) acc[i] = 1.0f + i * 1e-3f;
+  for (int64_t it = 0; it < iters; it++)
+    for (int i = 0; i < 64; i++) acc[i] = acc[i] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (int i = 0; i < 64; i++) s += acc[i];
+  volatile float sink = s;
+  (void)sink;
+  return 64.0 * 2 * static_cast<double>(iters);
+}
+
+double peak_once(int64_t iters) {
+#ifdef ADAPTKIT_X86
+  if (std::strcmp(g_kernel->name, "avx512") == 0) return peak_avx512(iters);
+  if (std::strcmp(g_kernel->name, "avx2") == 0) return peak_avx2(iters);
+#endif
+  return peak_generic(iters);
+}
+}  // namespace
+
+double fma_peak_gflops(int threads, double seconds) {
+  ThreadPool& pool = ThreadPool::instance();
+  const int nt = std::max(1, std::min(threads, pool.threads()));
+  // calibrate the iteration count on one thread
+  int64_t iters = 1 << 16;
+  for (;;) {
+    auto t0 = std::chrono::steady_clock::now();
+    peak_once(iters);
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt > seconds / 4 || iters > (int64_t(1) << 34)) {
+      iters = static_cast<int64_t>(iters * (seconds / std::max(dt, 1e-9)));
+      break;
+    }
+    iters *= 4;
+  }
+  std::vector<double> flops(nt, 0.0);
+  auto t0 = std::chrono::steady_clock::now();
+  if (nt == 1) {
+    flops[0] = peak_once(iters);
+  } else {
+    // every task waits until all have started, so the loops really run at the same time
+    std::atomic<int> started{0};
+    pool.parallel_for(nt, [&](int i, int) {
+      started.fetch_add(1);
+      while (started.load() < nt) {
+      }
+      flops[i] = peak_once(iters);
+    });
+  }
+  double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double total = 0;
+  for (double f : flops) total += f;
+  return total / dt / 1e9;
+}
+
+}  // namespace adaptkit

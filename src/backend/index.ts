@@ -1,0 +1,1 @@
+export { setBackend, getBackend, nativeBackend, jsKernels, nativeLoadError, type BackendName, type NativeBackend } from './backend.js';

@@ -1,0 +1,370 @@
+/**
+ * The native backend: a C++ N-API addon (built by `npm install`) with packed SGEMM micro-kernels
+ * (AVX-512 / AVX2+FMA / portable, chosen at run time), a persistent thread pool and native
+ * elementwise, reduction, normalization, loss and attention kernels.
+ *
+ * Every call is checked here before it crosses into C++: buffer lengths against the sizes the
+ * arguments imply, so no argument can make the addon read or write out of bounds.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  AdaptkitError, type AnyArray, type AttentionArgs, type AttentionBackwardArgs, type BinaryOp, type CompareOp,
+  type KernelSet, type MatmulArgs, type StridedView, UNARY_OPS, type UnaryOp,
+} from '../../tensor/index.js';
+
+interface Addon {
+  info(): { kernel: string; threads: number };
+  setThreads(n: number): void;
+  setGemmKernel(name: string): boolean;
+  fmaPeak(threads: number, seconds: number): number;
+  unary(op: number, x: Float32Array, out: Float32Array): void;
+  unaryBackward(op: number, x: Float32Array, y: Float32Array, g: Float32Array, out: Float32Array): void;
+  binary(op: number, meta: Float64Array, a: AnyArray, b: AnyArray, out: Float32Array): void;
+  where(meta: Float64Array, c: AnyArray, a: AnyArray, b: AnyArray, out: Float32Array): void;
+  copy(meta: Float64Array, src: AnyArray, dst: AnyArray): void;
+  reduce(isMax: boolean, x: Float32Array, outer: number, n: number, inner: number, out: Float32Array): void;
+  matmul(
+    a: Float32Array, b: Float32Array, out: Float32Array, batch: number, m: number, n: number, k: number,
+    lda: number, ldb: number, transA: boolean, transB: boolean, strideA: number, strideB: number, accumulate: boolean,
+  ): void;
+  indexSelect(x: AnyArray, outer: number, rows: number, inner: number, idx: Int32Array, out: AnyArray): void;
+  indexAdd(src: Float32Array, outer: number, rows: number, inner: number, idx: Int32Array, out: Float32Array): void;
+  softmax(x: Float32Array, rows: number, cols: number, out: Float32Array, log: boolean): void;
+  softmaxBackward(y: Float32Array, g: Float32Array, rows: number, cols: number, out: Float32Array, log: boolean): void;
+  rmsnorm(x: Float32Array, w: Float32Array, rows: number, cols: number, eps: number, out: Float32Array, rstd: Float32Array): void;
+  rmsnormBackward(
+    x: Float32Array, w: Float32Array, rstd: Float32Array, g: Float32Array, rows: number, cols: number,
+    dx: Float32Array | null, dw: Float32Array | null,
+  ): void;
+  layernorm(
+    x: Float32Array, w: Float32Array, b: Float32Array, rows: number, cols: number, eps: number,
+    out: Float32Array, mean: Float32Array, rstd: Float32Array,
+  ): void;
+  layernormBackward(
+    x: Float32Array, w: Float32Array, mean: Float32Array, rstd: Float32Array, g: Float32Array, rows: number, cols: number,
+    dx: Float32Array | null, dw: Float32Array | null, db: Float32Array | null,
+  ): void;
+  crossEntropy(logits: Float32Array, targets: Int32Array, rows: number, cols: number, ignore: number, loss: Float32Array, lse: Float32Array): void;
+  crossEntropyBackward(
+    logits: Float32Array, targets: Int32Array, lse: Float32Array, rows: number, cols: number, ignore: number,
+    scale: Float32Array, dlogits: Float32Array,
+  ): void;
+  attention(...args: unknown[]): void;
+  attentionBackward(...args: unknown[]): void;
+  rope(x: Float32Array, cos: Float32Array, sin: Float32Array, outer: number, t: number, d: number, out: Float32Array, inverse: boolean): void;
+}
+
+const BINARY_CODE: Record<BinaryOp | CompareOp, number> = {
+  add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, eq: 6, ne: 7, lt: 8, le: 9, gt: 10, ge: 11,
+};
+const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((op, i) => [op, i])) as Record<UnaryOp, number>;
+const MAX_DIMS = 16;
+
+function fail(op: string, msg: string): never {
+  throw new AdaptkitError(`${op} (native): ${msg}`);
+}
+
+function need(ok: boolean, op: string, msg: string): void {
+  if (!ok) fail(op, msg);
+}
+
+function isInt(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 0;
+}
+
+/** Largest element index a strided view reaches over shape (or -1 when the shape is empty). */
+function reach(op: string, shape: readonly number[], v: StridedView): number {
+  need(shape.length <= MAX_DIMS, op, `at most ${MAX_DIMS} dimensions`);
+  need(isInt(v.offset) && v.strides.length === shape.length, op, 'bad offset or strides');
+  let hi = v.offset;
+  for (let d = 0; d < shape.length; d++) {
+    const n = shape[d]!;
+    need(isInt(n) && isInt(v.strides[d]!), op, 'bad shape or strides');
+    if (n === 0) return -1;
+    hi += (n - 1) * v.strides[d]!;
+  }
+  return hi;
+}
+
+function checkView(op: string, shape: readonly number[], v: StridedView, name: string): void {
+  need(reach(op, shape, v) < v.data.length, op, `${name} is too short for the view`);
+}
+
+function size(shape: readonly number[]): number {
+  return shape.reduce((p, q) => p * q, 1);
+}
+
+function meta(shape: readonly number[], views: readonly StridedView[]): Float64Array {
+  const nd = shape.length;
+  const m = new Float64Array(1 + nd + views.length * (1 + nd));
+  m[0] = nd;
+  m.set(shape, 1);
+  let at = 1 + nd;
+  for (const v of views) {
+    m[at] = v.offset;
+    m.set(v.strides, at + 1);
+    at += 1 + nd;
+  }
+  return m;
+}
+
+function len(op: string, a: AnyArray, n: number, name: string): void {
+  need(isInt(n) && a.length >= n, op, `${name} holds ${a.length} elements, ${n} needed`);
+}
+
+function isF32(a: unknown): a is Float32Array {
+  return a instanceof Float32Array;
+}
+
+export interface NativeBackend extends KernelSet {
+  readonly simd: string;
+  threads(): number;
+  setThreads(n: number): void;
+  setGemmKernel(name: 'avx512' | 'avx2' | 'generic'): boolean;
+  fmaPeakGflops(threads: number, seconds?: number): number;
+}
+
+function wrap(addon: Addon): NativeBackend {
+  return {
+    name: 'native',
+    get simd() {
+      return addon.info().kernel;
+    },
+    threads: () => addon.info().threads,
+    setThreads(n) {
+      need(Number.isInteger(n) && n >= 1 && n <= 1024, 'setThreads', `thread count must be 1..1024, got ${n}`);
+      addon.setThreads(n);
+    },
+    setGemmKernel: (name) => addon.setGemmKernel(name),
+    fmaPeakGflops(threads, seconds = 0.5) {
+      need(Number.isInteger(threads) && threads >= 1, 'fmaPeak', 'threads must be >= 1');
+      return addon.fmaPeak(threads, seconds);
+    },
+    unary(op, x, out) {
+      need(op in UNARY_CODE, 'unary', `unknown op ${op}`);
+      len('unary', out, x.length, 'out');
+      addon.unary(UNARY_CODE[op], x, out);
+    },
+    unaryBackward(op, x, y, g, out) {
+      need(op in UNARY_CODE, 'unaryBackward', `unknown op ${op}`);
+      for (const [a, n] of [[y, 'y'], [g, 'g'], [out, 'out']] as const) len('unaryBackward', a, x.length, n);
+      addon.unaryBackward(UNARY_CODE[op], x, y, g, out);
+    },
+    binary(op, shape, a, b, out) {
+      need(op in BINARY_CODE && isF32(a.data) && isF32(b.data), op, 'f32 operands and a known op needed');
+      checkView(op, shape, a, 'a');
+      checkView(op, shape, b, 'b');
+      len(op, out, size(shape), 'out');
+      addon.binary(BINARY_CODE[op], meta(shape, [a, b]), a.data, b.data, out);
+    },
+    compare(op, shape, a, b, out) {
+      need(op in BINARY_CODE && isF32(a.data) && isF32(b.data), op, 'f32 operands and a known op needed');
+      checkView(op, shape, a, 'a');
+      checkView(op, shape, b, 'b');
+      len(op, out, size(shape), 'out');
+      addon.binary(BINARY_CODE[op], meta(shape, [a, b]), a.data, b.data, out);
+    },
+    where(shape, c, a, b, out) {
+      need(isF32(c.data) && isF32(a.data) && isF32(b.data), 'where', 'f32 operands needed');
+      checkView('where', shape, c, 'cond');
+      checkView('where', shape, a, 'a');
+      checkView('where', shape, b, 'b');
+      len('where', out, size(shape), 'out');
+      addon.where(meta(shape, [c, a, b]), c.data, a.data, b.data, out);
+    },
+    copy(shape, src, dst) {
+      need(src.data.constructor === dst.data.constructor, 'copy', 'source and destination dtypes differ');
+      checkView('copy', shape, src, 'src');
+      checkView('copy', shape, dst, 'dst');
+      addon.copy(meta(shape, [src, dst]), src.data, dst.data);
+    },
+    sum(x, outer, n, inner, out) {
+      len('sum', x, outer * n * inner, 'x');
+      len('sum', out, outer * inner, 'out');
+      addon.reduce(false, x, outer, n, inner, out);
+    },
+    max(x, outer, n, inner, out) {
+      need(n >= 1, 'max', 'cannot reduce an empty dimension');
+      len('max', x, outer * n * inner, 'x');
+      len('max', out, outer * inner, 'out');
+      addon.reduce(true, x, outer, n, inner, out);
+    },
+    matmul(p: MatmulArgs) {
+      const { m, n, k, batch } = p;
+      for (const v of [m, n, k, batch, p.lda, p.ldb, p.strideA, p.strideB]) need(isInt(v), 'matmul', 'dimensions must be non-negative integers');
+      len('matmul', p.out, batch * m * n, 'out');
+      if (batch > 0 && m > 0 && n > 0 && k > 0) {
+        const aRows = p.transA ? k : m;
+        const aCols = p.transA ? m : k;
+        const bRows = p.transB ? n : k;
+        const bCols = p.transB ? k : n;
+        need(p.lda >= aCols || aRows === 1, 'matmul', `lda ${p.lda} < ${aCols}`);
+        need(p.ldb >= bCols || bRows === 1, 'matmul', `ldb ${p.ldb} < ${bCols}`);
+        len('matmul', p.a, (batch - 1) * p.strideA + (aRows - 1) * p.lda + aCols, 'a');
+        len('matmul', p.b, (batch - 1) * p.strideB + (bRows - 1) * p.ldb + bCols, 'b');
+      }
+      addon.matmul(p.a, p.b, p.out, batch, m, n, k, p.lda, p.ldb, p.transA, p.transB, p.strideA, p.strideB, p.accumulate);
+    },
+    indexSelect(x, outer, rows, inner, idx, out) {
+      need(x.constructor === out.constructor, 'indexSelect', 'source and output dtypes differ');
+      len('indexSelect', x, outer * rows * inner, 'x');
+      len('indexSelect', out, outer * idx.length * inner, 'out');
+      for (let i = 0; i < idx.length; i++) need(idx[i]! >= 0 && idx[i]! < rows, 'indexSelect', `index ${idx[i]} out of range for ${rows} rows`);
+      addon.indexSelect(x, outer, rows, inner, idx, out);
+    },
+    indexAdd(src, outer, rows, inner, idx, out) {
+      len('indexAdd', src, outer * idx.length * inner, 'src');
+      len('indexAdd', out, outer * rows * inner, 'out');
+      for (let i = 0; i < idx.length; i++) need(idx[i]! >= 0 && idx[i]! < rows, 'indexAdd', `index ${idx[i]} out of range for ${rows} rows`);
+      addon.indexAdd(src, outer, rows, inner, idx, out);
+    },
+    softmax(x, rows, cols, out, log) {
+      len('softmax', x, rows * cols, 'x');
+      len('softmax', out, rows * cols, 'out');
+      addon.softmax(x, rows, cols, out, log);
+    },
+    softmaxBackward(y, g, rows, cols, out, log) {
+      for (const [a, nm] of [[y, 'y'], [g, 'g'], [out, 'out']] as const) len('softmaxBackward', a, rows * cols, nm);
+      addon.softmaxBackward(y, g, rows, cols, out, log);
+    },
+    rmsnorm(x, w, rows, cols, eps, out, rstd) {
+      len('rmsnorm', x, rows * cols, 'x');
+      len('rmsnorm', out, rows * cols, 'out');
+      len('rmsnorm', w, cols, 'w');
+      len('rmsnorm', rstd, rows, 'rstd');
+      addon.rmsnorm(x, w, rows, cols, eps, out, rstd);
+    },
+    rmsnormBackward(x, w, rstd, g, rows, cols, dx, dw) {
+      len('rmsnormBackward', x, rows * cols, 'x');
+      len('rmsnormBackward', g, rows * cols, 'g');
+      len('rmsnormBackward', w, cols, 'w');
+      len('rmsnormBackward', rstd, rows, 'rstd');
+      if (dx) len('rmsnormBackward', dx, rows * cols, 'dx');
+      if (dw) len('rmsnormBackward', dw, cols, 'dw');
+      addon.rmsnormBackward(x, w, rstd, g, rows, cols, dx, dw);
+    },
+    layernorm(x, w, b, rows, cols, eps, out, mean, rstd) {
+      len('layernorm', x, rows * cols, 'x');
+      len('layernorm', out, rows * cols, 'out');
+      len('layernorm', w, cols, 'w');
+      len('layernorm', b, cols, 'b');
+      len('layernorm', mean, rows, 'mean');
+      len('layernorm', rstd, rows, 'rstd');
+      addon.layernorm(x, w, b, rows, cols, eps, out, mean, rstd);
+    },
+    layernormBackward(x, w, mean, rstd, g, rows, cols, dx, dw, db) {
+      len('layernormBackward', x, rows * cols, 'x');
+      len('layernormBackward', g, rows * cols, 'g');
+      len('layernormBackward', w, cols, 'w');
+      len('layernormBackward', mean, rows, 'mean');
+      len('layernormBackward', rstd, rows, 'rstd');
+      if (dx) len('layernormBackward', dx, rows * cols, 'dx');
+      if (dw) len('layernormBackward', dw, cols, 'dw');
+      if (db) len('layernormBackward', db, cols, 'db');
+      addon.layernormBackward(x, w, mean, rstd, g, rows, cols, dx, dw, db);
+    },
+    crossEntropy(logits, targets, rows, cols, ignore, loss, lse) {
+      len('crossEntropy', logits, rows * cols, 'logits');
+      len('crossEntropy', targets, rows, 'targets');
+      len('crossEntropy', loss, rows, 'loss');
+      len('crossEntropy', lse, rows, 'lse');
+      checkTargets('crossEntropy', targets, rows, cols, ignore);
+      addon.crossEntropy(logits, targets, rows, cols, ignore, loss, lse);
+    },
+    crossEntropyBackward(logits, targets, lse, rows, cols, ignore, scale, dlogits) {
+      len('crossEntropyBackward', logits, rows * cols, 'logits');
+      len('crossEntropyBackward', dlogits, rows * cols, 'dlogits');
+      len('crossEntropyBackward', targets, rows, 'targets');
+      len('crossEntropyBackward', lse, rows, 'lse');
+      len('crossEntropyBackward', scale, rows, 'scale');
+      checkTargets('crossEntropyBackward', targets, rows, cols, ignore);
+      addon.crossEntropyBackward(logits, targets, lse, rows, cols, ignore, scale, dlogits);
+    },
+    attention(a: AttentionArgs) {
+      checkAttention('attention', a);
+      addon.attention(a.q, a.k, a.v, a.batch, a.heads, a.kvHeads, a.tq, a.tk, a.dim, a.scale, a.causal, a.keyMask, a.out, a.lse);
+    },
+    attentionBackward(a: AttentionBackwardArgs) {
+      checkAttention('attentionBackward', a);
+      const qn = a.batch * a.heads * a.tq * a.dim;
+      const kn = a.batch * a.kvHeads * a.tk * a.dim;
+      len('attentionBackward', a.gradOut, qn, 'gradOut');
+      len('attentionBackward', a.dq, qn, 'dq');
+      len('attentionBackward', a.dk, kn, 'dk');
+      len('attentionBackward', a.dv, kn, 'dv');
+      addon.attentionBackward(
+        a.q, a.k, a.v, a.batch, a.heads, a.kvHeads, a.tq, a.tk, a.dim, a.scale, a.causal, a.keyMask, a.out, a.lse,
+        a.gradOut, a.dq, a.dk, a.dv,
+      );
+    },
+    rope(x, cos, sin, outer, t, d, out, inverse) {
+      need(d % 2 === 0, 'rope', 'head dim must be even');
+      len('rope', x, outer * t * d, 'x');
+      len('rope', out, outer * t * d, 'out');
+      len('rope', cos, (t * d) / 2, 'cos');
+      len('rope', sin, (t * d) / 2, 'sin');
+      addon.rope(x, cos, sin, outer, t, d, out, inverse);
+    },
+  };
+}
+
+function checkTargets(op: string, targets: Int32Array, rows: number, cols: number, ignore: number): void {
+  for (let i = 0; i < rows; i++) {
+    const y = targets[i]!;
+    need(y === ignore || (y >= 0 && y < cols), op, `target ${y} out of range for ${cols} classes`);
+  }
+}
+
+function checkAttention(op: string, a: AttentionArgs): void {
+  for (const v of [a.batch, a.heads, a.kvHeads, a.tq, a.tk, a.dim]) need(isInt(v), op, 'dimensions must be non-negative integers');
+  need(a.kvHeads > 0 && a.heads % a.kvHeads === 0, op, 'heads must be a multiple of kv heads');
+  need(!a.causal || a.tq <= a.tk, op, 'causal attention needs tq <= tk');
+  const qn = a.batch * a.heads * a.tq * a.dim;
+  const kn = a.batch * a.kvHeads * a.tk * a.dim;
+  len(op, a.q, qn, 'q');
+  len(op, a.k, kn, 'k');
+  len(op, a.v, kn, 'v');
+  len(op, a.out, qn, 'out');
+  len(op, a.lse, a.batch * a.heads * a.tq, 'lse');
+  if (a.keyMask) len(op, a.keyMask, a.batch * a.tk, 'keyMask');
+}
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  return dir;
+}
+
+let cached: NativeBackend | null | undefined;
+let loadError = '';
+
+/** The native backend, or null when the addon is missing or fails to load (see nativeLoadError). */
+export function loadNative(): NativeBackend | null {
+  if (cached !== undefined) return cached;
+  const root = packageRoot();
+  const candidates = [join(root, 'build', 'Release', 'adaptkit_native.node'), join(root, 'build', 'Debug', 'adaptkit_native.node')];
+  const file = candidates.find((f) => existsSync(f));
+  if (!file) {
+    loadError = `addon not built (${candidates[0]} missing; run npm install or npm rebuild)`;
+    cached = null;
+    return null;
+  }
+  try {
+    const addon = createRequire(import.meta.url)(file) as Addon;
+    cached = wrap(addon);
+  } catch (e) {
+    loadError = `addon failed to load: ${(e as Error).message.split('\n')[0]}`;
+    cached = null;
+  }
+  return cached;
+}
+
+export function nativeLoadError(): string {
+  return loadError;
+}

@@ -1,0 +1,10 @@
+/**
+ * adaptkit: adapter-based parameter-efficient fine-tuning for TypeScript.
+ * Importing the package installs the default backend (native when available, else js).
+ */
+import { getBackend } from './backend/index.js';
+
+export * from './tensor/index.js';
+export * from './backend/index.js';
+
+getBackend();
