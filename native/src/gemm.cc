@@ -76,37 +76,46 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a,
   }
 }
 
-// ---------- AVX-512: MR x 32 (2*MR accumulators, 2 B vectors, A broadcast) ----------
-template <int MR>
+// ---------- AVX-512: MR x (16*NV) (MR*NV accumulators, NV B vectors, A broadcast) ----------
+template <int MR, int NV>
 __attribute__((target("avx512f"))) void kernel_avx512(int64_t kc, const float* a, const float* b, float* c,
                                                        int64_t ldc, bool acc) {
-  __m512 c0[MR], c1[MR];
+  constexpr int NR = 16 * NV;
+  __m512 r[MR][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; i++) {
-    c0[i] = _mm512_setzero_ps();
-    c1[i] = _mm512_setzero_ps();
-  }
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) r[i][j] = _mm512_setzero_ps();
+  // the C tile is needed only at the end: start fetching it now so the stores do not stall
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16 * j), _MM_HINT_T0);
+#pragma GCC unroll 2
   for (int64_t p = 0; p < kc; p++) {
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) bv[j] = _mm512_loadu_ps(b + 16 * j);
+    _mm_prefetch(reinterpret_cast<const char*>(b + NR * 8), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(a + MR * 8), _MM_HINT_T0);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
       const __m512 av = _mm512_set1_ps(a[i]);
-      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-      c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; j++) r[i][j] = _mm512_fmadd_ps(av, bv[j], r[i][j]);
     }
     a += MR;
-    b += 32;
+    b += NR;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; i++) {
-    float* dst = c + i * ldc;
-    __m512 v0 = c0[i], v1 = c1[i];
-    if (acc) {
-      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
-      v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst + 16));
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) {
+      float* dst = c + i * ldc + 16 * j;
+      __m512 v = r[i][j];
+      if (acc) v = _mm512_add_ps(v, _mm512_loadu_ps(dst));
+      _mm512_storeu_ps(dst, v);
     }
-    _mm512_storeu_ps(dst, v0);
-    _mm512_storeu_ps(dst + 16, v1);
   }
 }
 #endif
@@ -115,9 +124,13 @@ const KernelInfo kGeneric{"generic", GMR, GNR, kernel_generic};
 #ifdef ADAPTKIT_X86
 const KernelInfo kAvx2{"avx2", 6, 16, kernel_avx2};
 #ifndef ADAPTKIT_AVX512_MR
-#define ADAPTKIT_AVX512_MR 14
+#define ADAPTKIT_AVX512_MR 8
 #endif
-const KernelInfo kAvx512{"avx512", ADAPTKIT_AVX512_MR, 32, kernel_avx512<ADAPTKIT_AVX512_MR>};
+#ifndef ADAPTKIT_AVX512_NV
+#define ADAPTKIT_AVX512_NV 2
+#endif
+const KernelInfo kAvx512{"avx512", ADAPTKIT_AVX512_MR, 16 * ADAPTKIT_AVX512_NV,
+                         kernel_avx512<ADAPTKIT_AVX512_MR, ADAPTKIT_AVX512_NV>};
 #endif
 
 const KernelInfo* detect() {
@@ -132,7 +145,7 @@ const KernelInfo* detect() {
 const KernelInfo* g_kernel = detect();
 
 #ifndef ADAPTKIT_KC
-#define ADAPTKIT_KC 384
+#define ADAPTKIT_KC 256
 #endif
 constexpr int64_t KC = ADAPTKIT_KC;
 #ifndef ADAPTKIT_MC
@@ -195,7 +208,7 @@ thread_local std::vector<float> tl_bpack;
 void macro_kernel(const KernelInfo& K, const GemmArgs& g, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc,
                   const float* apack, const float* bpack, bool acc) {
   const int mr = K.mr, nr = K.nr;
-  float edge[16 * 64];
+  float edge[32 * 64];
   for (int64_t jp = 0; jp < nc; jp += nr) {
     const int64_t cols = std::min<int64_t>(nr, nc - jp);
     const float* bp = bpack + jp * kc;

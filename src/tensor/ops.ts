@@ -596,3 +596,16 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor, inverse = false): Tens
   drop(xc, x);
   return record(out, 'rope', [x], { cos: cc, sin: sc, inverse });
 }
+
+/**
+ * Overwrite dst's values with src's (broadcast to dst's shape), in place and unrecorded: for
+ * optimizer updates and loading weights. dst must be contiguous.
+ */
+export function assign(dst: Tensor, src: Tensor): Tensor {
+  if (dst.dtype !== src.dtype) throw opError('assign', `dtypes differ (${dst.dtype} vs ${src.dtype})`, { dst: dst.shape, src: src.shape });
+  if (!dst.isContiguous()) throw opError('assign', 'destination must be contiguous', { dst: dst.shape });
+  const shape = broadcastShapes('assign', dst.shape, src.shape);
+  if (!sameShape(shape, dst.shape)) throw opError('assign', 'source does not broadcast to destination', { dst: dst.shape, src: src.shape });
+  kernels().copy(shape, bview(src, shape), dst.view());
+  return dst;
+}

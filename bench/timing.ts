@@ -1,0 +1,19 @@
+/** Median wall time of fn over repeated runs (after one warm-up), spending about `budgetS` seconds. */
+export function medianSeconds(fn: () => void, budgetS = 0.5, minReps = 3, maxReps = 200): number {
+  fn();
+  const times: number[] = [];
+  const start = process.hrtime.bigint();
+  while (times.length < maxReps) {
+    const t0 = process.hrtime.bigint();
+    fn();
+    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+    const spent = Number(process.hrtime.bigint() - start) / 1e9;
+    if (times.length >= minReps && spent > budgetS) break;
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}
+
+export function emit(obj: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
+}

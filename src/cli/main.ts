@@ -1,0 +1,81 @@
+/** The `adaptkit` command line. */
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { getBackend, nativeBackend, nativeLoadError, setBackend, type BackendName } from '../backend/index.js';
+import { AdaptkitError } from '../tensor/index.js';
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command();
+  program
+    .name('adaptkit')
+    .description('Adapter-based parameter-efficient fine-tuning (LoRA and friends) for TypeScript')
+    .version(version())
+    .option('--backend <name>', 'compute backend: native or js (default: $ADAPTKIT_BACKEND, else native)')
+    .option('--threads <n>', 'threads for the native backend (default: all cores)')
+    .hook('preAction', (cmd) => {
+      const o = cmd.opts<{ backend?: string; threads?: string }>();
+      if (o.backend) {
+        if (o.backend !== 'js' && o.backend !== 'native') throw new AdaptkitError(`--backend must be js or native, got "${o.backend}"`);
+        setBackend(o.backend as BackendName);
+      }
+      if (o.threads) {
+        const n = Number(o.threads);
+        if (!Number.isInteger(n) || n < 1) throw new AdaptkitError(`--threads must be a positive integer, got "${o.threads}"`);
+        nativeBackend()?.setThreads(n);
+      }
+    })
+    .exitOverride();
+
+  program
+    .command('info')
+    .description('show the active backend, SIMD kernel and thread count')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) => {
+      const be = getBackend();
+      const native = nativeBackend();
+      const info = {
+        version: version(),
+        backend: be.name,
+        native: native ? { simd: native.simd, threads: native.threads() } : { error: nativeLoadError() },
+        node: process.version,
+      };
+      if (o.json) console.log(JSON.stringify(info));
+      else {
+        console.log(`adaptkit ${info.version} on node ${info.node}`);
+        console.log(`backend: ${info.backend}`);
+        console.log(native ? `native: ${native.simd} kernels, ${native.threads()} threads` : `native: unavailable (${nativeLoadError()})`);
+      }
+    });
+
+  const bench = program.command('bench').description('benchmarks that print one JSON object per line');
+  bench
+    .command('gemm')
+    .description('SGEMM GFLOP/s: native (1 and 2 threads), js, the FMA peak and PyTorch on the same shapes')
+    .option('--json', 'one JSON object per line (the default output)')
+    .option('--no-js', 'skip the js backend')
+    .option('--no-pytorch', 'skip the PyTorch baseline')
+    .option('--threads-list <list>', 'comma-separated native thread counts', '1,2')
+    .action(async (o: { js: boolean; pytorch: boolean; threadsList: string }) => {
+      const { runGemmBench } = await import('../../bench/gemm.js');
+      const threads = o.threadsList.split(',').map((s) => Number(s));
+      if (threads.some((t) => !Number.isInteger(t) || t < 1)) throw new AdaptkitError(`--threads-list must list positive integers, got "${o.threadsList}"`);
+      runGemmBench({ js: o.js, pytorch: o.pytorch, threads });
+    });
+
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof AdaptkitError) {
+      console.error(`adaptkit: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
