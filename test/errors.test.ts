@@ -42,3 +42,33 @@ for (const backend of backends()) {
     }
   });
 }
+
+for (const backend of backends()) {
+  describe(`empty tensors on ${backend}`, () => {
+    it('every op accepts zero-size dimensions and returns the right shape', () => {
+      ak.setBackend(backend);
+      const z = ak.zeros([0, 5], { requiresGrad: true });
+      const cases: [() => ak.Tensor, number[]][] = [
+        [() => ak.matmul(z, ak.zeros([5, 3])), [0, 3]],
+        [() => ak.matmul(ak.zeros([2, 0]), ak.zeros([0, 3])), [2, 3]],
+        [() => ak.softmax(z), [0, 5]],
+        [() => ak.sum(z, 0), [5]],
+        [() => ak.exp(z), [0, 5]],
+        [() => ak.add(z, ak.zeros([5])), [0, 5]],
+        [() => ak.rmsNorm(z, ak.ones([5])), [0, 5]],
+        [() => ak.layerNorm(z, ak.ones([5]), ak.zeros([5])), [0, 5]],
+        [() => ak.crossEntropy(z, ak.zeros([0], { dtype: 'i32' })), []],
+        [() => ak.concat([z, z], 0), [0, 5]],
+        [() => ak.contiguous(ak.transpose(z)), [5, 0]],
+        [() => ak.attention(ak.zeros([1, 1, 0, 4]), ak.zeros([1, 1, 0, 4]), ak.zeros([1, 1, 0, 4])), [1, 1, 0, 4]],
+        [() => ak.embedding(ak.zeros([3, 4]), ak.zeros([0], { dtype: 'i32' })), [0, 4]],
+      ];
+      for (const [fn, shape] of cases) {
+        const t = fn();
+        assert.deepEqual(t.shape, shape);
+        if (t.requiresGrad) ak.sum(t).backward();
+      }
+      assert.deepEqual(z.grad!.shape, [0, 5]);
+    });
+  });
+}
