@@ -1,0 +1,130 @@
+/** Autoregressive decoding with a KV cache: greedy or sampled, streamed token by token. */
+import { AdaptkitError, Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
+import type { KVCache } from './cache.js';
+import type { Tokenizer } from './tokenizer.js';
+
+export interface CausalLM {
+  forward(ids: Tensor, opts?: { cache?: KVCache | null }): Tensor;
+  newCache(): KVCache;
+}
+
+export interface SamplingOptions {
+  maxTokens?: number;
+  /** 0 = greedy (argmax). */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  /** HF-style: divide positive logits (multiply negative ones) of tokens already present. */
+  repetitionPenalty?: number;
+  seed?: number;
+  /** Token ids that end generation (not included in the output). */
+  stopTokens?: readonly number[];
+  /** Strings that end generation (the text is cut before them). */
+  stopStrings?: readonly string[];
+}
+
+export interface GenerateResult {
+  tokens: number[];
+  text: string;
+  finishReason: 'stop' | 'length';
+}
+
+/** Choose the next token from a row of logits. */
+export function sampleToken(logits: Float32Array, history: readonly number[], o: SamplingOptions, rng: Rng): number {
+  const v = Float64Array.from(logits);
+  const pen = o.repetitionPenalty ?? 1;
+  if (pen !== 1) {
+    for (const t of new Set(history)) if (t >= 0 && t < v.length) v[t] = v[t]! > 0 ? v[t]! / pen : v[t]! * pen;
+  }
+  const temp = o.temperature ?? 0;
+  if (temp <= 0) {
+    let best = 0;
+    for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
+    return best;
+  }
+  let idx = Array.from(v.keys()).sort((a, b) => v[b]! - v[a]!);
+  if (o.topK && o.topK > 0) idx = idx.slice(0, o.topK);
+  const m = v[idx[0]!]!;
+  let probs = idx.map((i) => Math.exp((v[i]! - m) / temp));
+  let total = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / total);
+  if (o.topP !== undefined && o.topP < 1) {
+    let cum = 0;
+    let keep = 0;
+    while (keep < probs.length && cum < o.topP) cum += probs[keep++]!;
+    idx = idx.slice(0, Math.max(keep, 1));
+    probs = probs.slice(0, idx.length);
+    total = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((p) => p / total);
+  }
+  let r = rng.uniform();
+  for (let i = 0; i < idx.length; i++) {
+    r -= probs[i]!;
+    if (r <= 0) return idx[i]!;
+  }
+  return idx[idx.length - 1]!;
+}
+
+/**
+ * Generate from prompt ids. `onText` receives each new piece of decoded text as soon as it forms
+ * complete characters.
+ */
+export function generate(
+  model: CausalLM, tokenizer: Tokenizer, promptIds: readonly number[], opts: SamplingOptions = {},
+  onText?: (piece: string) => void,
+): GenerateResult {
+  if (promptIds.length === 0) throw new AdaptkitError('generate: the prompt has no tokens (add BOS or some text)');
+  const maxTokens = opts.maxTokens ?? 256;
+  const stops = new Set(opts.stopTokens ?? (tokenizer.eosId !== null ? [tokenizer.eosId] : []));
+  const rng = new Rng(opts.seed ?? 0);
+  const cache = model.newCache();
+  const out: number[] = [];
+  let emitted = '';
+  let finish: 'stop' | 'length' = 'length';
+  const step = (ids: readonly number[]): Float32Array =>
+    tidy(() => noGrad(() => {
+      const logits = model.forward(tensor(ids, [1, ids.length], { dtype: 'i32' }), { cache });
+      const last = narrow(logits, 1, ids.length - 1, 1);
+      return last.toArray() as Float32Array;
+    }));
+  const promptText = tokenizer.decode(promptIds);
+  try {
+    let logits = step(promptIds);
+    const history = [...promptIds];
+    while (out.length < maxTokens) {
+      const next = sampleToken(logits, history, opts, rng);
+      if (stops.has(next)) {
+        finish = 'stop';
+        break;
+      }
+      out.push(next);
+      history.push(next);
+      let text = decodeAfter(tokenizer, promptIds, promptText, out);
+      const hit = opts.stopStrings?.map((s) => text.indexOf(s, Math.max(0, emitted.length - s.length))).filter((i) => i >= 0);
+      if (hit && hit.length > 0) {
+        text = text.slice(0, Math.min(...hit));
+        if (onText && text.length > emitted.length) onText(text.slice(emitted.length));
+        emitted = text;
+        finish = 'stop';
+        break;
+      }
+      if (onText && !text.endsWith('\uFFFD') && text.length > emitted.length && text.startsWith(emitted)) {
+        onText(text.slice(emitted.length));
+        emitted = text;
+      }
+      if (out.length >= maxTokens) break;
+      logits = step([next]);
+    }
+    const text = finish === 'stop' && emitted.length > 0 && opts.stopStrings?.length ? emitted : decodeAfter(tokenizer, promptIds, promptText, out);
+    if (onText && text.length > emitted.length && text.startsWith(emitted)) onText(text.slice(emitted.length));
+    return { tokens: out, text, finishReason: finish };
+  } finally {
+    cache.dispose();
+  }
+}
+
+/** Text of `out` as it reads after the prompt (tokenizers decode a token differently at the start). */
+function decodeAfter(tok: Tokenizer, prompt: readonly number[], promptText: string, out: readonly number[]): string {
+  const full = tok.decode([...prompt, ...out]);
+  return full.startsWith(promptText) ? full.slice(promptText.length) : tok.decode(out);
+}

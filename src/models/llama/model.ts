@@ -1,0 +1,136 @@
+/**
+ * Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings,
+ * grouped-query attention, SwiGLU MLP, tied or untied LM head. Module paths are HF's names.
+ */
+import {
+  AdaptkitError, type Tensor, add, attention, mul, permute, reshape, rope, shapeStr, silu,
+} from '../../tensor/index.js';
+import { Embedding, Linear, Module, RMSNorm } from '../../nn/index.js';
+import { KVCache } from '../cache.js';
+import type { LlamaConfig } from './config.js';
+import { type RopeTables, ropeCosSin, ropeTables } from './rope.js';
+
+/** Everything one forward pass shares across layers. */
+export interface ForwardContext {
+  cos: Tensor;
+  sin: Tensor;
+  cache: KVCache | null;
+  /** [B, Tk] 1 for real keys, 0 for padding (Tk includes cached positions). */
+  keyMask: Tensor | null;
+}
+
+export class LlamaAttention extends Module {
+  constructor(
+    public q_proj: Linear,
+    public k_proj: Linear,
+    public v_proj: Linear,
+    public o_proj: Linear,
+    readonly numHeads: number,
+    readonly numKvHeads: number,
+    readonly headDim: number,
+    readonly layerIndex: number,
+  ) {
+    super();
+  }
+
+  forward(x: Tensor, ctx: ForwardContext): Tensor {
+    const [B, T] = x.shape as [number, number];
+    const heads = (t: Tensor, n: number) => permute(reshape(t, [B, T, n, this.headDim]), [0, 2, 1, 3]);
+    const q = rope(heads(this.q_proj.forward(x), this.numHeads), ctx.cos, ctx.sin);
+    let k = rope(heads(this.k_proj.forward(x), this.numKvHeads), ctx.cos, ctx.sin);
+    let v = heads(this.v_proj.forward(x), this.numKvHeads);
+    if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    const o = attention(q, k, v, { causal: true, keyMask: ctx.keyMask });
+    return this.o_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, this.numHeads * this.headDim]));
+  }
+}
+
+export class LlamaMLP extends Module {
+  constructor(public gate_proj: Linear, public up_proj: Linear, public down_proj: Linear) {
+    super();
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+  }
+}
+
+export class LlamaDecoderLayer extends Module {
+  constructor(
+    public input_layernorm: RMSNorm,
+    public self_attn: LlamaAttention,
+    public post_attention_layernorm: RMSNorm,
+    public mlp: LlamaMLP,
+  ) {
+    super();
+  }
+
+  forward(h: Tensor, ctx: ForwardContext): Tensor {
+    const a = add(h, this.self_attn.forward(this.input_layernorm.forward(h), ctx));
+    return add(a, this.mlp.forward(this.post_attention_layernorm.forward(a)));
+  }
+}
+
+export class LlamaModel extends Module {
+  constructor(public embed_tokens: Embedding, public layers: LlamaDecoderLayer[], public norm: RMSNorm) {
+    super();
+  }
+}
+
+export interface CausalLMForwardOptions {
+  cache?: KVCache | null;
+  /** [B, T] (or [B, Tcache + T]) with 1 for real tokens, 0 for right padding. */
+  attentionMask?: Tensor | null;
+}
+
+export class LlamaForCausalLM extends Module {
+  private rope: RopeTables;
+
+  constructor(public model: LlamaModel, public lm_head: Linear | null, readonly config: LlamaConfig) {
+    super();
+    this.rope = ropeTables({ dim: config.headDim, theta: config.ropeTheta, maxPositions: config.maxPositions, scaling: config.ropeScaling });
+  }
+
+  /** Modules adapters target by default. */
+  static readonly defaultAdapterTargets = ['q_proj', 'v_proj'];
+
+  newCache(): KVCache {
+    return new KVCache(this.config.numLayers);
+  }
+
+  /** Hidden states after the final norm: ids [B, T] → [B, T, hidden]. */
+  hidden(ids: Tensor, opts: CausalLMForwardOptions = {}): Tensor {
+    if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`LlamaForCausalLM: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
+    const T = ids.shape[1]!;
+    const cache = opts.cache ?? null;
+    const start = cache?.length ?? 0;
+    if (this.config.ropeScaling && (this.config.ropeScaling.rope_type ?? this.config.ropeScaling.type) === 'dynamic') {
+      this.rope = ropeTables({ dim: this.config.headDim, theta: this.config.ropeTheta, maxPositions: this.config.maxPositions, scaling: this.config.ropeScaling }, start + T);
+    }
+    const { cos, sin } = ropeCosSin(this.rope, start, T);
+    let keyMask: Tensor | null = null;
+    if (opts.attentionMask) {
+      const m = opts.attentionMask;
+      if (m.ndim !== 2 || m.shape[0] !== ids.shape[0] || (m.shape[1] !== T && m.shape[1] !== start + T)) {
+        throw new AdaptkitError(`attentionMask ${shapeStr(m.shape)} does not match ids ${shapeStr(ids.shape)} with ${start} cached positions`);
+      }
+      keyMask = m.dtype === 'f32' ? m : null;
+      if (!keyMask) throw new AdaptkitError('attentionMask must be f32 (1 = token, 0 = padding)');
+      if (m.shape[1] === T && start > 0) throw new AdaptkitError('with a cache, attentionMask must cover cached positions too');
+    }
+    const ctx: ForwardContext = { cos, sin, cache, keyMask };
+    let h = this.model.embed_tokens.forward(ids);
+    for (const layer of this.model.layers) h = layer.forward(h, ctx);
+    if (cache) cache.length = start + T;
+    return this.model.norm.forward(h);
+  }
+
+  /** Logits [B, T, vocab]. */
+  forward(ids: Tensor, opts: CausalLMForwardOptions = {}): Tensor {
+    return this.head(this.hidden(ids, opts));
+  }
+
+  head(h: Tensor): Tensor {
+    return this.lm_head ? this.lm_head.forward(h) : new Linear(this.model.embed_tokens.weight).forward(h);
+  }
+}

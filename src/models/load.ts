@@ -1,0 +1,71 @@
+/**
+ * Open a model by path: a Hugging Face folder (config.json + safetensors) or a llama2.c `.bin`.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { AdaptkitError } from '../tensor/index.js';
+import { WeightSource } from '../io/safetensors.js';
+import { llama2cHfConfig, readLlama2c } from '../io/llama2c.js';
+import { Llama2cTokenizer } from '../io/tokenizer-llama2c.js';
+import type { RawConfig } from './config.js';
+import { parseLlamaConfig } from './llama/config.js';
+import { buildLlama } from './llama/load.js';
+import type { LlamaForCausalLM } from './llama/model.js';
+import { WeightMap } from './weights.js';
+import type { Tokenizer } from './tokenizer.js';
+
+export type CausalModel = LlamaForCausalLM;
+
+const LLAMA_TYPES = new Set(['llama', 'mistral', 'qwen2', 'smollm']);
+
+export function readConfig(dir: string): RawConfig {
+  const path = join(dir, 'config.json');
+  if (!existsSync(path)) throw new AdaptkitError(`${dir}: no config.json`);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as RawConfig;
+  } catch (e) {
+    throw new AdaptkitError(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+export interface LoadedModel {
+  model: CausalModel;
+  config: RawConfig;
+  /** Weights in the checkpoint that no module used. */
+  unused: string[];
+}
+
+export function loadModel(path: string): LoadedModel {
+  if (!existsSync(path)) throw new AdaptkitError(`model not found: ${path}`);
+  if (statSync(path).isFile()) {
+    const ckpt = readLlama2c(path);
+    const raw = llama2cHfConfig(ckpt.config);
+    const w = WeightMap.fromMap(ckpt.weights, path);
+    const model = buildLlama(parseLlamaConfig(raw, path), w);
+    return { model, config: raw, unused: w.unused() };
+  }
+  const raw = readConfig(path);
+  const type = String(raw.model_type ?? '');
+  const src = new WeightSource(path);
+  try {
+    const w = new WeightMap((n) => (src.has(n) ? src.read(n) : undefined), src.keys(), path);
+    if (LLAMA_TYPES.has(type)) {
+      const model = buildLlama(parseLlamaConfig(raw, join(path, 'config.json')), w);
+      return { model, config: raw, unused: w.unused().filter((n) => !n.endsWith('rotary_emb.inv_freq')) };
+    }
+    throw new AdaptkitError(`${path}: model_type "${type}" is not supported (supported: ${[...LLAMA_TYPES].join(', ')})`);
+  } finally {
+    src.close();
+  }
+}
+
+/** A tokenizer for a model: an explicit llama2.c tokenizer.bin, or the one in an HF folder. */
+export function loadTokenizer(modelPath: string, tokenizerPath: string | undefined, vocabSize: number): Tokenizer {
+  if (tokenizerPath) {
+    if (!existsSync(tokenizerPath)) throw new AdaptkitError(`tokenizer not found: ${tokenizerPath}`);
+    if (tokenizerPath.endsWith('.bin')) return Llama2cTokenizer.fromFile(tokenizerPath, vocabSize);
+  }
+  const dir = tokenizerPath ?? modelPath;
+  if (existsSync(join(dir, 'tokenizer.bin'))) return Llama2cTokenizer.fromFile(join(dir, 'tokenizer.bin'), vocabSize);
+  throw new AdaptkitError(`no tokenizer found for ${modelPath}: pass --tokenizer (a llama2.c tokenizer.bin or an HF folder)`);
+}

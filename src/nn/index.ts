@@ -1,0 +1,2 @@
+export { Module } from './module.js';
+export { Linear, Embedding, RMSNorm, LayerNorm } from './layers.js';
