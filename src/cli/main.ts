@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { getBackend, nativeBackend, nativeLoadError, setBackend, type BackendName } from '../backend/index.js';
 import { AdaptkitError } from '../tensor/index.js';
+import { registerModelCommands } from './models.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -22,6 +23,8 @@ export async function main(argv: string[]): Promise<number> {
       if (o.backend) {
         if (o.backend !== 'js' && o.backend !== 'native') throw new AdaptkitError(`--backend must be js or native, got "${o.backend}"`);
         setBackend(o.backend as BackendName);
+      } else {
+        getBackend();
       }
       if (o.threads) {
         const n = Number(o.threads);
@@ -51,6 +54,8 @@ export async function main(argv: string[]): Promise<number> {
         console.log(native ? `native: ${native.simd} kernels, ${native.threads()} threads` : `native: unavailable (${nativeLoadError()})`);
       }
     });
+
+  registerModelCommands(program);
 
   const bench = program.command('bench').description('benchmarks that print one JSON object per line');
   bench

@@ -7,6 +7,7 @@ import { AdaptkitError } from '../tensor/index.js';
 import { WeightSource } from '../io/safetensors.js';
 import { llama2cHfConfig, readLlama2c } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/tokenizer-llama2c.js';
+import { HfTokenizer } from '../io/tokenizer-hf.js';
 import type { RawConfig } from './config.js';
 import { parseLlamaConfig } from './llama/config.js';
 import { buildLlama } from './llama/load.js';
@@ -66,6 +67,7 @@ export function loadTokenizer(modelPath: string, tokenizerPath: string | undefin
     if (tokenizerPath.endsWith('.bin')) return Llama2cTokenizer.fromFile(tokenizerPath, vocabSize);
   }
   const dir = tokenizerPath ?? modelPath;
+  if (existsSync(join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
   if (existsSync(join(dir, 'tokenizer.bin'))) return Llama2cTokenizer.fromFile(join(dir, 'tokenizer.bin'), vocabSize);
   throw new AdaptkitError(`no tokenizer found for ${modelPath}: pass --tokenizer (a llama2.c tokenizer.bin or an HF folder)`);
 }

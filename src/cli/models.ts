@@ -1,0 +1,113 @@
+/** CLI commands over models: generate, convert, score. */
+import type { Command } from 'commander';
+import { AdaptkitError, noGrad, tensor, tidy, logSoftmax } from '../tensor/index.js';
+import { loadModel, loadTokenizer } from '../models/load.js';
+import { generate } from '../models/generate.js';
+import { convertLlama2c } from '../models/convert.js';
+
+function num(name: string, v: string | undefined, fallback: number, integer = false): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new AdaptkitError(`--${name} must be a${integer ? 'n integer' : ' number'}, got "${v}"`);
+  return n;
+}
+
+export function registerModelCommands(program: Command): void {
+  program
+    .command('generate')
+    .description('generate text from a model (HF folder or llama2.c .bin), streamed to stdout')
+    .requiredOption('--model <path>', 'HF model folder or llama2.c checkpoint (.bin)')
+    .option('--tokenizer <path>', 'tokenizer (llama2.c tokenizer.bin, or an HF folder); default: the model folder')
+    .option('--prompt <text>', 'prompt text (default: empty, generation starts from BOS)', '')
+    .option('--max-tokens <n>', 'tokens to generate', '256')
+    .option('--temperature <t>', '0 = greedy', '0')
+    .option('--top-k <k>', 'sample from the k most likely tokens')
+    .option('--top-p <p>', 'nucleus sampling threshold')
+    .option('--repetition-penalty <r>', 'HF-style repetition penalty', '1')
+    .option('--seed <s>', 'sampling seed', '0')
+    .option('--stop <text...>', 'stop strings')
+    .action((o: Record<string, string | string[] | undefined>) => {
+      const { model } = loadModel(String(o.model));
+      const tok = loadTokenizer(String(o.model), o.tokenizer as string | undefined, model.config.vocabSize);
+      const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
+      process.stdout.write(String(o.prompt ?? ''));
+      generate(model, tok, prompt, {
+        maxTokens: num('max-tokens', o.maxTokens as string, 256, true),
+        temperature: num('temperature', o.temperature as string, 0),
+        topK: o.topK === undefined ? undefined : num('top-k', o.topK as string, 0, true),
+        topP: o.topP === undefined ? undefined : num('top-p', o.topP as string, 1),
+        repetitionPenalty: num('repetition-penalty', o.repetitionPenalty as string, 1),
+        seed: num('seed', o.seed as string, 0, true),
+        stopStrings: o.stop as string[] | undefined,
+      }, (piece) => process.stdout.write(piece));
+      process.stdout.write('\n');
+    });
+
+  program
+    .command('convert')
+    .description('convert a llama2.c checkpoint (+ tokenizer.bin) into a Hugging Face Llama folder')
+    .requiredOption('--model <path>', 'llama2.c checkpoint (.bin)')
+    .option('--tokenizer <path>', 'llama2.c tokenizer.bin')
+    .requiredOption('--out <dir>', 'output folder')
+    .option('--overwrite', 'replace files in a non-empty output folder')
+    .action((o: { model: string; tokenizer?: string; out: string; overwrite?: boolean }) => {
+      const files = convertLlama2c(o.model, o.tokenizer ?? null, o.out, { overwrite: o.overwrite });
+      console.log(`wrote ${files.join(', ')} to ${o.out}`);
+    });
+
+  program
+    .command('score')
+    .description('logits and NLL of a text or token ids, as one JSON object')
+    .requiredOption('--model <path>', 'HF model folder or llama2.c checkpoint (.bin)')
+    .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
+    .option('--text <text>', 'text to score (BOS is added)')
+    .option('--token-ids <ids>', 'comma-separated token ids')
+    .option('--json', 'print JSON (the default)')
+    .action((o: { model: string; tokenizer?: string; text?: string; tokenIds?: string }) => {
+      const { model } = loadModel(o.model);
+      let ids: number[];
+      if (o.tokenIds !== undefined) {
+        ids = o.tokenIds.split(',').map((s) => Number(s.trim()));
+        if (ids.some((i) => !Number.isInteger(i) || i < 0 || i >= model.config.vocabSize)) {
+          throw new AdaptkitError(`--token-ids must be integers in [0, ${model.config.vocabSize}), got "${o.tokenIds}"`);
+        }
+      } else if (o.text !== undefined) {
+        ids = loadTokenizer(o.model, o.tokenizer, model.config.vocabSize).encode(o.text, { bos: true });
+      } else {
+        throw new AdaptkitError('score needs --text or --token-ids');
+      }
+      if (ids.length === 0) throw new AdaptkitError('nothing to score: no tokens');
+      console.log(JSON.stringify(scoreIds(model, ids)));
+    });
+}
+
+export interface ScoreResult {
+  token_ids: number[];
+  argmax: number[];
+  last_logits: number[];
+  nll: number | null;
+}
+
+/** Argmax at every position, the last position's logits, mean NLL of tokens after the first. */
+export function scoreIds(model: { forward: (ids: ReturnType<typeof tensor>) => ReturnType<typeof tensor> }, ids: number[]): ScoreResult {
+  return tidy(() => noGrad(() => {
+    const logits = model.forward(tensor(ids, [1, ids.length], { dtype: 'i32' }));
+    const V = logits.shape[2]!;
+    const flat = logits.toArray() as Float32Array;
+    const lp = logSoftmax(logits).toArray() as Float32Array;
+    const argmax: number[] = [];
+    let nll = 0;
+    for (let t = 0; t < ids.length; t++) {
+      let best = 0;
+      for (let j = 1; j < V; j++) if (flat[t * V + j]! > flat[t * V + best]!) best = j;
+      argmax.push(best);
+      if (t + 1 < ids.length) nll -= lp[t * V + ids[t + 1]!]!;
+    }
+    return {
+      token_ids: ids,
+      argmax,
+      last_logits: Array.from(flat.subarray((ids.length - 1) * V)),
+      nll: ids.length > 1 ? nll / (ids.length - 1) : null,
+    };
+  }));
+}
