@@ -12,10 +12,14 @@ import type { RawConfig } from './config.js';
 import { parseLlamaConfig } from './llama/config.js';
 import { buildLlama } from './llama/load.js';
 import type { LlamaForCausalLM } from './llama/model.js';
+import { type GPT2LMHeadModel, buildGPT2, parseGPT2Config } from './gpt2/model.js';
+import { BertForSequenceClassification as BertForSequenceClassificationClass, buildBert, parseBertConfig } from './bert/model.js';
+type BertForSequenceClassification = BertForSequenceClassificationClass;
 import { WeightMap } from './weights.js';
 import type { Tokenizer } from './tokenizer.js';
 
-export type CausalModel = LlamaForCausalLM;
+export type CausalModel = LlamaForCausalLM | GPT2LMHeadModel;
+export type AnyModel = CausalModel | BertForSequenceClassification;
 
 const LLAMA_TYPES = new Set(['llama', 'mistral', 'qwen2', 'smollm']);
 
@@ -29,14 +33,22 @@ export function readConfig(dir: string): RawConfig {
   }
 }
 
-export interface LoadedModel {
-  model: CausalModel;
+export interface LoadedModel<M = CausalModel> {
+  model: M;
   config: RawConfig;
   /** Weights in the checkpoint that no module used. */
   unused: string[];
 }
 
+/** A causal language model (Llama family, GPT-2). */
 export function loadModel(path: string): LoadedModel {
+  const r = loadAnyModel(path);
+  if (r.model instanceof BertForSequenceClassificationClass) throw new AdaptkitError(`${path}: a BERT encoder is not a causal language model`);
+  return r as LoadedModel;
+}
+
+/** Any supported model, including encoders (BERT). */
+export function loadAnyModel(path: string): LoadedModel<AnyModel> {
   if (!existsSync(path)) throw new AdaptkitError(`model not found: ${path}`);
   if (statSync(path).isFile()) {
     const ckpt = readLlama2c(path);
@@ -54,7 +66,15 @@ export function loadModel(path: string): LoadedModel {
       const model = buildLlama(parseLlamaConfig(raw, join(path, 'config.json')), w);
       return { model, config: raw, unused: w.unused().filter((n) => !n.endsWith('rotary_emb.inv_freq')) };
     }
-    throw new AdaptkitError(`${path}: model_type "${type}" is not supported (supported: ${[...LLAMA_TYPES].join(', ')})`);
+    if (type === 'gpt2') {
+      const model = buildGPT2(parseGPT2Config(raw, join(path, 'config.json')), w);
+      return { model, config: raw, unused: w.unused().filter((n) => !/attn\.(masked_)?bias$/.test(n) && n !== 'lm_head.weight') };
+    }
+    if (type === 'bert') {
+      const model = buildBert(parseBertConfig(raw, join(path, 'config.json')), w);
+      return { model, config: raw, unused: w.unused().filter((n) => !n.endsWith('position_ids') && !n.startsWith('cls.')) };
+    }
+    throw new AdaptkitError(`${path}: model_type "${type}" is not supported (supported: ${[...LLAMA_TYPES, 'gpt2', 'bert'].join(', ')})`);
   } finally {
     src.close();
   }

@@ -1,0 +1,151 @@
+/** GPT-2: learned positions, pre-LayerNorm blocks, Conv1D ([in, out]) weights, tanh-GELU, tied head. */
+import {
+  AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
+} from '../../tensor/index.js';
+import { Embedding, LayerNorm, Linear, Module } from '../../nn/index.js';
+import { ConfigReader, type RawConfig } from '../config.js';
+import { KVCache } from '../cache.js';
+import type { WeightMap } from '../weights.js';
+
+export interface GPT2Config {
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  maxPositions: number;
+  innerSize: number;
+  layerNormEps: number;
+  activation: string;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  raw: RawConfig;
+}
+
+export function parseGPT2Config(raw: RawConfig, source = 'config.json'): GPT2Config {
+  const c = new ConfigReader(raw, source);
+  const hidden = c.int('n_embd');
+  const heads = c.int('n_head');
+  if (heads === 0 || hidden % heads !== 0) throw new AdaptkitError(`${source}: n_embd (${hidden}) must be a multiple of n_head (${heads})`);
+  const act = c.str('activation_function', 'gelu_new');
+  if (!['gelu_new', 'gelu_pytorch_tanh', 'gelu', 'relu'].includes(act)) throw new AdaptkitError(`${source}: activation_function "${act}" is not supported`);
+  return {
+    vocabSize: c.int('vocab_size'),
+    hiddenSize: hidden,
+    numLayers: c.int('n_layer'),
+    numHeads: heads,
+    maxPositions: c.int('n_positions', 1024),
+    innerSize: c.int('n_inner', 4 * hidden),
+    layerNormEps: c.num('layer_norm_epsilon', 1e-5),
+    activation: act,
+    bosTokenId: c.ints('bos_token_id')[0] ?? null,
+    eosTokenIds: c.ints('eos_token_id'),
+    raw,
+  };
+}
+
+interface Ctx {
+  cache: KVCache | null;
+  keyMask: Tensor | null;
+}
+
+export class GPT2Attention extends Module {
+  constructor(public c_attn: Linear, public c_proj: Linear, readonly numHeads: number, readonly layerIndex: number) {
+    super();
+  }
+
+  forward(x: Tensor, ctx: Ctx): Tensor {
+    const [B, T, H] = x.shape as [number, number, number];
+    const hd = H / this.numHeads;
+    const qkv = this.c_attn.forward(x);
+    const part = (i: number) => permute(reshape(narrow(qkv, 2, i * H, H), [B, T, this.numHeads, hd]), [0, 2, 1, 3]);
+    let k = part(1);
+    let v = part(2);
+    if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    const o = attention(part(0), k, v, { causal: true, keyMask: ctx.keyMask });
+    return this.c_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, H]));
+  }
+}
+
+export class GPT2MLP extends Module {
+  constructor(public c_fc: Linear, public c_proj: Linear, readonly activation: string) {
+    super();
+  }
+
+  forward(x: Tensor): Tensor {
+    const h = this.c_fc.forward(x);
+    return this.c_proj.forward(this.activation === 'relu' ? h.relu() : this.activation === 'gelu' ? gelu(h) : geluTanh(h));
+  }
+}
+
+export class GPT2Block extends Module {
+  constructor(public ln_1: LayerNorm, public attn: GPT2Attention, public ln_2: LayerNorm, public mlp: GPT2MLP) {
+    super();
+  }
+
+  forward(h: Tensor, ctx: Ctx): Tensor {
+    const a = add(h, this.attn.forward(this.ln_1.forward(h), ctx));
+    return add(a, this.mlp.forward(this.ln_2.forward(a)));
+  }
+}
+
+export class GPT2Model extends Module {
+  constructor(public wte: Embedding, public wpe: Embedding, public h: GPT2Block[], public ln_f: LayerNorm) {
+    super();
+  }
+}
+
+export class GPT2LMHeadModel extends Module {
+  constructor(public transformer: GPT2Model, public lm_head: Linear | null, readonly config: GPT2Config) {
+    super();
+  }
+
+  static readonly defaultAdapterTargets = ['c_attn'];
+
+  newCache(): KVCache {
+    return new KVCache(this.config.numLayers);
+  }
+
+  hidden(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
+    if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`GPT2LMHeadModel: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
+    const T = ids.shape[1]!;
+    const cache = opts.cache ?? null;
+    const start = cache?.length ?? 0;
+    if (start + T > this.config.maxPositions) throw new AdaptkitError(`GPT-2 supports ${this.config.maxPositions} positions, got ${start + T}`);
+    const pos = tensor(Array.from({ length: T }, (_, i) => start + i), [T], { dtype: 'i32' });
+    let h = add(this.transformer.wte.forward(ids), this.transformer.wpe.forward(pos));
+    const ctx: Ctx = { cache, keyMask: opts.attentionMask ?? null };
+    for (const block of this.transformer.h) h = block.forward(h, ctx);
+    if (cache) cache.length = start + T;
+    return this.transformer.ln_f.forward(h);
+  }
+
+  forward(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
+    const h = this.hidden(ids, opts);
+    return this.lm_head ? this.lm_head.forward(h) : new Linear(this.transformer.wte.weight).forward(h);
+  }
+}
+
+export function buildGPT2(c: GPT2Config, w: WeightMap): GPT2LMHeadModel {
+  const H = c.hiddenSize;
+  const conv = (name: string, inp: number, out: number) => new Linear(w.get(`${name}.weight`, [inp, out]), w.get(`${name}.bias`, [out]), true);
+  const ln = (name: string) => new LayerNorm(w.get(`${name}.weight`, [H]), w.get(`${name}.bias`, [H]), c.layerNormEps);
+  // checkpoints name weights with or without the "transformer." prefix
+  const p = w.has('transformer.wte.weight') ? 'transformer.' : '';
+  const blocks: GPT2Block[] = [];
+  for (let l = 0; l < c.numLayers; l++) {
+    const b = `${p}h.${l}`;
+    blocks.push(new GPT2Block(
+      ln(`${b}.ln_1`),
+      new GPT2Attention(conv(`${b}.attn.c_attn`, H, 3 * H), conv(`${b}.attn.c_proj`, H, H), c.numHeads, l),
+      ln(`${b}.ln_2`),
+      new GPT2MLP(conv(`${b}.mlp.c_fc`, H, c.innerSize), conv(`${b}.mlp.c_proj`, c.innerSize, H), c.activation),
+    ));
+  }
+  const model = new GPT2Model(
+    new Embedding(w.get(`${p}wte.weight`, [c.vocabSize, H])),
+    new Embedding(w.get(`${p}wpe.weight`, [c.maxPositions, H])),
+    blocks,
+    ln(`${p}ln_f`),
+  );
+  return new GPT2LMHeadModel(model, null, c);
+}
