@@ -1,53 +1,72 @@
 /**
- * A llama2.c vocabulary as a Hugging Face tokenizer.json: SentencePiece-style BPE with byte
- * fallback, merges ranked by the score of the merged piece (what SentencePiece's BPE applies),
- * the Llama normalizer (prepend "▁", spaces to "▁") and decoder.
+ * Vocabularies from other formats (llama2.c tokenizer.bin, GGUF) as Hugging Face tokenizer.json
+ * objects, so that one tokenizer implementation (@huggingface/tokenizers) runs them all.
  */
 import type { Llama2cTokenizer } from './tokenizer-llama2c.js';
 
 const SP = '\u2581';
 
-export function llama2cToTokenizerJson(tok: Llama2cTokenizer): { tokenizer: Record<string, unknown>; config: Record<string, unknown> } {
-  const dec = new TextDecoder('utf-8', { fatal: false });
-  const names = tok.pieces.map((p) => dec.decode(p).replace(/ /g, SP));
+export interface TokenizerFiles {
+  tokenizer: Record<string, unknown>;
+  config: Record<string, unknown>;
+}
+
+function addedToken(id: number, content: string) {
+  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
+}
+
+export interface SpmVocab {
+  /** Pieces with "▁" for spaces. */
+  pieces: string[];
+  scores: ArrayLike<number>;
+  /** Control tokens (BOS, EOS, ...) that never merge. */
+  special: ReadonlySet<number>;
+  unkId: number;
+  bosId: number | null;
+  eosId: number | null;
+  addBos: boolean;
+}
+
+/**
+ * SentencePiece BPE with byte fallback: merges ranked by the score of the merged piece (what
+ * SentencePiece's BPE applies), the Llama normalizer (prepend "▁", spaces to "▁") and decoder.
+ */
+export function spmTokenizerJson(v: SpmVocab): TokenizerFiles {
   const vocab: Record<string, number> = {};
-  names.forEach((n, i) => {
+  v.pieces.forEach((n, i) => {
     if (!(n in vocab)) vocab[n] = i;
   });
-  const special = new Set([0, 1, 2]);
   const merges: { pair: [string, string]; score: number; id: number }[] = [];
-  names.forEach((piece, id) => {
-    if (special.has(id) || /^<0x[0-9A-F]{2}>$/.test(piece)) return;
+  v.pieces.forEach((piece, id) => {
+    if (v.special.has(id) || /^<0x[0-9A-Fa-f]{2}>$/.test(piece)) return;
     const chars = [...piece];
     for (let i = 1; i < chars.length; i++) {
       const left = chars.slice(0, i).join('');
       const right = chars.slice(i).join('');
-      if (left in vocab && right in vocab) merges.push({ pair: [left, right], score: tok.scores[id]!, id });
+      if (left in vocab && right in vocab) merges.push({ pair: [left, right], score: v.scores[id]!, id });
     }
   });
   merges.sort((a, b) => b.score - a.score || a.id - b.id || vocab[a.pair[0]]! - vocab[b.pair[0]]!);
-  const specialTok = (id: number, content: string) => ({
-    id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
-  });
+  const bos = v.bosId !== null ? v.pieces[v.bosId]! : null;
   const tokenizer = {
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: [specialTok(0, names[0]!), specialTok(1, names[1]!), specialTok(2, names[2]!)],
+    added_tokens: [...v.special].sort((a, b) => a - b).map((id) => addedToken(id, v.pieces[id]!)),
     normalizer: {
       type: 'Sequence',
       normalizers: [{ type: 'Prepend', prepend: SP }, { type: 'Replace', pattern: { String: ' ' }, content: SP }],
     },
     pre_tokenizer: null,
-    post_processor: {
+    post_processor: bos && v.addBos ? {
       type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: names[1], type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
       pair: [
-        { SpecialToken: { id: names[1], type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: names[1], type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } },
+        { SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
+        { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } },
       ],
-      special_tokens: { [names[1]!]: { id: names[1], ids: [1], tokens: [names[1]] } },
-    },
+      special_tokens: { [bos]: { id: bos, ids: [v.bosId], tokens: [bos] } },
+    } : null,
     decoder: {
       type: 'Sequence',
       decoders: [
@@ -58,16 +77,28 @@ export function llama2cToTokenizerJson(tok: Llama2cTokenizer): { tokenizer: Reco
       ],
     },
     model: {
-      type: 'BPE', dropout: null, unk_token: names[0], continuing_subword_prefix: null, end_of_word_suffix: null,
+      type: 'BPE', dropout: null, unk_token: v.pieces[v.unkId], continuing_subword_prefix: null, end_of_word_suffix: null,
       fuse_unk: true, byte_fallback: true, ignore_merges: false,
       vocab, merges: merges.map((m) => m.pair),
     },
   };
   const config = {
     tokenizer_class: 'LlamaTokenizer',
-    bos_token: names[1], eos_token: names[2], unk_token: names[0],
-    add_bos_token: true, add_eos_token: false, clean_up_tokenization_spaces: false, legacy: true,
-    model_max_length: 1000000000000000019884624838656,
+    bos_token: bos, eos_token: v.eosId !== null ? v.pieces[v.eosId] : null, unk_token: v.pieces[v.unkId],
+    add_bos_token: v.addBos, add_eos_token: false, clean_up_tokenization_spaces: false, legacy: true,
   };
   return { tokenizer, config };
+}
+
+export function llama2cToTokenizerJson(tok: Llama2cTokenizer): TokenizerFiles {
+  const dec = new TextDecoder('utf-8', { fatal: false });
+  return spmTokenizerJson({
+    pieces: tok.pieces.map((p) => dec.decode(p).replace(/ /g, SP)),
+    scores: tok.scores,
+    special: new Set([0, 1, 2]),
+    unkId: 0,
+    bosId: 1,
+    eosId: 2,
+    addBos: true,
+  });
 }

@@ -1,0 +1,57 @@
+/** Tokenizer test vectors from llama.cpp (GGUF vocabularies) and cross-checks between formats. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { dataDir } from '../src/io/data.js';
+import { ggufTokenizer } from '../src/io/tokenizer-gguf.js';
+import { Llama2cTokenizer } from '../src/io/tokenizer-llama2c.js';
+import { readGgufMetadata } from '../src/io/gguf.js';
+import * as ak from '../src/index.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+
+const VOCAB = join(dataDir(), 'tokenizers', 'llamacpp-vocab');
+
+function vectors(name: string): [string, number[]][] {
+  const inp = readFileSync(join(VOCAB, `ggml-vocab-${name}.gguf.inp`), 'utf8').split('\n__ggml_vocab_test__\n');
+  const out = readFileSync(join(VOCAB, `ggml-vocab-${name}.gguf.out`), 'utf8').split('\n');
+  return inp.slice(0, out.length).map((text, i) => [text, out[i]!.trim() === '' ? [] : out[i]!.trim().split(/\s+/).map(Number)]);
+}
+
+describe('tokenizers', () => {
+  for (const name of ['gpt-2', 'llama-spm', 'bert-bge']) {
+    it(`${name}: every llama.cpp test vector`, () => {
+      const tok = ggufTokenizer(join(VOCAB, `ggml-vocab-${name}.gguf`));
+      const cases = vectors(name);
+      assert.ok(cases.length >= 40);
+      for (const [text, want] of cases) assert.deepEqual(tok.encode(text, { bos: false }), want, JSON.stringify(text));
+    });
+  }
+
+  it('gpt-2 and llama-spm decode their encodings back to the text', () => {
+    for (const name of ['gpt-2', 'llama-spm']) {
+      const tok = ggufTokenizer(join(VOCAB, `ggml-vocab-${name}.gguf`));
+      for (const text of ['Hello world', 'нещо на Български', "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～"]) {
+        assert.equal(tok.decode(tok.encode(text, { bos: false })), text, `${name}: ${text}`);
+      }
+    }
+  });
+
+  it('the llama2.c Llama-2 vocabulary encodes like the llama-spm GGUF vocabulary', () => {
+    const bin = Llama2cTokenizer.fromFile(join(dataDir(), 'tokenizers', 'llama2-32k-tokenizer.bin'), 32000);
+    const gguf = ggufTokenizer(join(VOCAB, 'ggml-vocab-llama-spm.gguf'));
+    for (const text of ['Hello world', ' Hello World!', 'this is 🦙.cpp', 'w048 7tuijk dsdfhu', 'нещо на Български', '3333333']) {
+      assert.deepEqual(bin.encode(text, { bos: true }), gguf.encode(text, { bos: true }), text);
+    }
+  });
+
+  it('rejects a truncated GGUF file with a clear error', () => {
+    const full = readFileSync(join(VOCAB, 'ggml-vocab-gpt-2.gguf'));
+    const p = join(mkdtempSync(join(tmpdir(), 'adaptkit-gguf-')), 'cut.gguf');
+    writeFileSync(p, full.subarray(0, 5000));
+    assert.throws(() => readGgufMetadata(p), (e: Error) => e instanceof ak.AdaptkitError && /truncated GGUF file|exceeds the file size/.test(e.message));
+    writeFileSync(p, Buffer.from('GGML0000'));
+    assert.throws(() => readGgufMetadata(p), /not a GGUF file/);
+  });
+});
