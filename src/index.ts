@@ -6,5 +6,8 @@ import { getBackend } from './backend/index.js';
 
 export * from './tensor/index.js';
 export * from './backend/index.js';
+export * from './nn/index.js';
+export * from './io/index.js';
+export * from './models/index.js';
 
 getBackend();

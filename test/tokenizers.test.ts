@@ -55,3 +55,23 @@ describe('tokenizers', () => {
     assert.throws(() => readGgufMetadata(p), /not a GGUF file/);
   });
 });
+
+import { applyChatTemplate } from '../src/io/chat-template.js';
+
+describe('chat templates', () => {
+  // the ChatML template SmolLM2-Instruct and Qwen2 ship (abridged to its message loop)
+  const chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  it('renders ChatML with a generation prompt', () => {
+    const text = applyChatTemplate(chatml, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi!' }], { addGenerationPrompt: true });
+    assert.equal(text, '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n');
+  });
+  it('renders a Llama-2 style template with bos/eos and raise_exception', () => {
+    const llama2 = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + ' ' + eos_token }}{% else %}{{ raise_exception('bad role') }}{% endif %}{% endfor %}";
+    const text = applyChatTemplate(llama2, [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }], { bosToken: '<s>', eosToken: '</s>' });
+    assert.equal(text, '<s>[INST] a [/INST] b </s>');
+    assert.throws(() => applyChatTemplate(llama2, [{ role: 'tool', content: 'x' }]), /chat template failed: .*bad role/);
+  });
+  it('reports a template that does not parse', () => {
+    assert.throws(() => applyChatTemplate('{% for %}', []), ak.AdaptkitError);
+  });
+});

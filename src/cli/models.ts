@@ -4,6 +4,23 @@ import { AdaptkitError, noGrad, tensor, tidy, logSoftmax } from '../tensor/index
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { generate } from '../models/generate.js';
 import { convertLlama2c } from '../models/convert.js';
+import { isHubId, snapshotDownload } from '../io/hub.js';
+
+/** A local path for a model argument: Hub ids are downloaded (or found in the cache) first. */
+export async function resolveModel(arg: string): Promise<string> {
+  if (!isHubId(arg)) return arg;
+  let last = '';
+  const path = await snapshotDownload(arg, {
+    onProgress: (file, done, total) => {
+      if (!process.stderr.isTTY) return;
+      const line = `downloading ${file}: ${(done / 2 ** 20).toFixed(1)}${total ? ` / ${(total / 2 ** 20).toFixed(1)}` : ''} MiB`;
+      if (line !== last) process.stderr.write(`\r${line}`);
+      last = line;
+    },
+  });
+  if (last) process.stderr.write('\n');
+  return path;
+}
 
 function num(name: string, v: string | undefined, fallback: number, integer = false): number {
   if (v === undefined) return fallback;
@@ -16,7 +33,7 @@ export function registerModelCommands(program: Command): void {
   program
     .command('generate')
     .description('generate text from a model (HF folder or llama2.c .bin), streamed to stdout')
-    .requiredOption('--model <path>', 'HF model folder or llama2.c checkpoint (.bin)')
+    .requiredOption('--model <path>', 'HF model folder, Hub id (org/name) or llama2.c checkpoint (.bin)')
     .option('--tokenizer <path>', 'tokenizer (llama2.c tokenizer.bin, or an HF folder); default: the model folder')
     .option('--prompt <text>', 'prompt text (default: empty, generation starts from BOS)', '')
     .option('--max-tokens <n>', 'tokens to generate', '256')
@@ -26,9 +43,10 @@ export function registerModelCommands(program: Command): void {
     .option('--repetition-penalty <r>', 'HF-style repetition penalty', '1')
     .option('--seed <s>', 'sampling seed', '0')
     .option('--stop <text...>', 'stop strings')
-    .action((o: Record<string, string | string[] | undefined>) => {
-      const { model } = loadModel(String(o.model));
-      const tok = loadTokenizer(String(o.model), o.tokenizer as string | undefined, model.config.vocabSize);
+    .action(async (o: Record<string, string | string[] | undefined>) => {
+      const path = await resolveModel(String(o.model));
+      const { model } = loadModel(path);
+      const tok = loadTokenizer(path, o.tokenizer as string | undefined, model.config.vocabSize);
       const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
       process.stdout.write(String(o.prompt ?? ''));
       generate(model, tok, prompt, {
@@ -63,8 +81,9 @@ export function registerModelCommands(program: Command): void {
     .option('--text <text>', 'text to score (BOS is added)')
     .option('--token-ids <ids>', 'comma-separated token ids')
     .option('--json', 'print JSON (the default)')
-    .action((o: { model: string; tokenizer?: string; text?: string; tokenIds?: string }) => {
-      const { model } = loadModel(o.model);
+    .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string }) => {
+      const path = await resolveModel(o.model);
+      const { model } = loadModel(path);
       let ids: number[];
       if (o.tokenIds !== undefined) {
         ids = o.tokenIds.split(',').map((s) => Number(s.trim()));
@@ -72,7 +91,7 @@ export function registerModelCommands(program: Command): void {
           throw new AdaptkitError(`--token-ids must be integers in [0, ${model.config.vocabSize}), got "${o.tokenIds}"`);
         }
       } else if (o.text !== undefined) {
-        ids = loadTokenizer(o.model, o.tokenizer, model.config.vocabSize).encode(o.text, { bos: true });
+        ids = loadTokenizer(path, o.tokenizer, model.config.vocabSize).encode(o.text, { bos: true });
       } else {
         throw new AdaptkitError('score needs --text or --token-ids');
       }

@@ -1,0 +1,10 @@
+export { writeFileAtomic } from './atomic.js';
+export { SafetensorsFile, WeightSource, readSafetensors, writeSafetensors, serializeSafetensors, type SafetensorsDType } from './safetensors.js';
+export { readLlama2c, llama2cHfConfig, type Llama2cConfig } from './llama2c.js';
+export { Llama2cTokenizer } from './tokenizer-llama2c.js';
+export { HfTokenizer } from './tokenizer-hf.js';
+export { ggufTokenizer, ggufTokenizerJson } from './tokenizer-gguf.js';
+export { readGgufMetadata } from './gguf.js';
+export { applyChatTemplate, type ChatMessage } from './chat-template.js';
+export { snapshotDownload, hubCacheDir, isHubId, type HubOptions } from './hub.js';
+export { dataDir } from './data.js';
