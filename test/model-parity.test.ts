@@ -88,3 +88,58 @@ for (const backend of backends()) {
     });
   });
 }
+
+import { mkdtempSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeSafetensors, readSafetensors } from '../src/io/safetensors.js';
+import { loadModel } from '../src/models/load.js';
+
+describe('bad model folders', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-bad-'));
+  const src = `${FIX}llama-gqa`;
+  const variant = (name: string, edit: (cfg: Record<string, unknown>, w: Record<string, ak.Tensor>) => void) => {
+    const dir = join(tmp, name);
+    mkdirSync(dir, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+    const { tensors } = readSafetensors(join(src, 'model.safetensors'));
+    edit(cfg, tensors);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg));
+    writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    return dir;
+  };
+  ak.getBackend();
+
+  it('names a missing tensor and its expected shape', () => {
+    const dir = variant('missing', (_c, w) => delete w['model.layers.1.mlp.up_proj.weight']);
+    assert.throws(() => loadModel(dir), new RegExp(`${dir}: missing weight "model.layers.1.mlp.up_proj.weight" \\(expected \\[48, 32\\]\\)`));
+  });
+
+  it('names a tensor whose shape disagrees with the config', () => {
+    const dir = variant('shape', (c) => (c.intermediate_size = 40));
+    assert.throws(() => loadModel(dir), /weight "model.layers.0.mlp.gate_proj.weight" has shape \[48, 32\], expected \[40, 32\]/);
+  });
+
+  it('names a missing required config key and an unsupported architecture', () => {
+    assert.throws(() => loadModel(variant('nokey', (c) => delete c.hidden_size)), /config.json: "hidden_size" is required/);
+    assert.throws(() => loadModel(variant('arch', (c) => (c.model_type = 'mamba'))), /model_type "mamba" is not supported/);
+    assert.throws(() => loadModel(variant('rope', (c) => (c.rope_scaling = { rope_type: 'longrope', factor: 2 }))), /rope_scaling type "longrope" is not supported/);
+  });
+
+  it('rejects a truncated llama2.c checkpoint and a missing model', () => {
+    const bin = join(tmp, 'cut.bin');
+    const full = readFileSync(join(dataDir(), 'models', 'stories260K', 'stories260K.bin'));
+    writeFileSync(bin, full.subarray(0, 100_000));
+    assert.throws(() => loadModel(bin), /not a valid llama2.c checkpoint: truncated: 100000 bytes/);
+    writeFileSync(bin, Buffer.alloc(28, 0xff));
+    assert.throws(() => loadModel(bin), /implausible header/);
+    assert.throws(() => loadModel(join(tmp, 'nothing-here')), /model not found/);
+  });
+
+  it('loads a folder with extra config keys (unknown keys are ignored)', () => {
+    const dir = variant('extra', (c) => (c.some_new_field = [1, 2, 3]));
+    assert.ok(loadModel(dir).model);
+  });
+});
+
+import { dataDir } from '../src/io/data.js';

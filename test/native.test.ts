@@ -24,6 +24,7 @@ describe('native backend', { skip: native ? false : `not built: ${ak.nativeLoadE
   const kernels = ['avx512', 'avx2', 'generic'] as const;
   const shapes: [number, number, number][] = [
     [1, 1, 1], [3, 5, 7], [14, 32, 16], [15, 33, 17], [29, 65, 400], [130, 70, 390], [64, 8, 768], [200, 300, 8], [1, 257, 64],
+    [97, 300, 600], [256, 257, 300], [300, 40, 520],
   ];
   for (const kernel of kernels) {
     for (const threads of [1, 2]) {

@@ -171,12 +171,22 @@ void pack_b_panel(const GemmArgs& g, int64_t pc, int64_t kc, int64_t j, int64_t 
       for (int64_t q = cols; q < nr; q++) d[q] = 0.f;
     }
   } else {
-    for (int64_t q = 0; q < cols; q++) {
-      const float* src = g.b + (j + q) * g.ldb + pc;
-      for (int64_t p = 0; p < kc; p++) dst[p * nr + q] = src[p];
+    // B is stored transposed: gather nr rows of it, 8 k-steps at a time, writing whole lines
+    const float* rows[64];
+    for (int64_t q = 0; q < nr; q++) rows[q] = q < cols ? g.b + (j + q) * g.ldb + pc : nullptr;
+    int64_t p = 0;
+    for (; p + 8 <= kc; p += 8) {
+      for (int64_t q = 0; q < nr; q++) {
+        if (!rows[q]) {
+          for (int u = 0; u < 8; u++) dst[(p + u) * nr + q] = 0.f;
+          continue;
+        }
+        const float* src = rows[q] + p;
+        for (int u = 0; u < 8; u++) dst[(p + u) * nr + q] = src[u];
+      }
     }
-    for (int64_t q = cols; q < nr; q++)
-      for (int64_t p = 0; p < kc; p++) dst[p * nr + q] = 0.f;
+    for (; p < kc; p++)
+      for (int64_t q = 0; q < nr; q++) dst[p * nr + q] = rows[q] ? rows[q][p] : 0.f;
   }
 }
 
@@ -228,8 +238,128 @@ void macro_kernel(const KernelInfo& K, const GemmArgs& g, int64_t i0, int64_t mc
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define AK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AK_CLONES
+#endif
+
+// c[0:n] += alpha * b[0:n]
+AK_CLONES void axpy_row(float alpha, const float* __restrict b, float* __restrict c, int64_t n) {
+  for (int64_t j = 0; j < n; j++) c[j] += alpha * b[j];
+}
+
+// four dot products of a against b0..b3 (length k)
+AK_CLONES void dot4(const float* __restrict a, const float* __restrict b0, const float* __restrict b1,
+                    const float* __restrict b2, const float* __restrict b3, int64_t k, float* out) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t p = 0; p < k; p++) {
+    s0 += a[p] * b0[p];
+    s1 += a[p] * b1[p];
+    s2 += a[p] * b2[p];
+    s3 += a[p] * b3[p];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+AK_CLONES float dot1(const float* __restrict a, const float* __restrict b, int64_t k) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t p = 0; p < k; p++) s += a[p] * b[p];
+  return s;
+}
+
+constexpr int64_t kSmallM = 4;
+
+// Few rows (decoding): no packing, B streamed once, work split over columns of C.
+void gemm_small_m(const GemmArgs& g, bool threads) {
+  // rows of op(A), contiguous
+  std::vector<float> arows(static_cast<size_t>(g.m * g.k));
+  for (int64_t i = 0; i < g.m; i++)
+    for (int64_t p = 0; p < g.k; p++) arows[i * g.k + p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
+  const float* A = arows.data();
+  ThreadPool& pool = ThreadPool::instance();
+  const int nt = threads ? pool.threads() : 1;
+  const int64_t chunk = std::max<int64_t>(64, ((g.n + 8 * nt - 1) / (8 * nt) + 15) / 16 * 16);
+  const int tasks = static_cast<int>((g.n + chunk - 1) / chunk);
+  auto work = [&](int t, int) {
+    const int64_t j0 = t * chunk, j1 = std::min<int64_t>(g.n, j0 + chunk);
+    if (!g.trans_b) {
+      for (int64_t i = 0; i < g.m; i++) {
+        float* c = g.c + i * g.n + j0;
+        if (!g.accumulate) std::memset(c, 0, (j1 - j0) * sizeof(float));
+        for (int64_t p = 0; p < g.k; p++) axpy_row(A[i * g.k + p], g.b + p * g.ldb + j0, c, j1 - j0);
+      }
+    } else {
+      for (int64_t i = 0; i < g.m; i++) {
+        const float* a = A + i * g.k;
+        float* c = g.c + i * g.n;
+        int64_t j = j0;
+        float d[4];
+        for (; j + 4 <= j1; j += 4) {
+          dot4(a, g.b + j * g.ldb, g.b + (j + 1) * g.ldb, g.b + (j + 2) * g.ldb, g.b + (j + 3) * g.ldb, g.k, d);
+          for (int q = 0; q < 4; q++) c[j + q] = g.accumulate ? c[j + q] + d[q] : d[q];
+        }
+        for (; j < j1; j++) {
+          const float v = dot1(a, g.b + j * g.ldb, g.k);
+          c[j] = g.accumulate ? c[j] + v : v;
+        }
+      }
+    }
+  };
+  if (nt > 1 && tasks > 1) pool.parallel_for(tasks, work);
+  else for (int t = 0; t < tasks; t++) work(t, 0);
+}
+
+thread_local std::vector<float> tl_ashared;
+
+// Moderate M (up to a few hundred rows): A is small, so it is packed once up front, and the work is
+// split over column slices of C. Each task packs its own slice of B and uses it at once, so packing
+// overlaps with the other threads' compute and no barrier separates the two.
+void gemm_column_slices(const KernelInfo& K, const GemmArgs& g, bool threads) {
+  const int64_t mr = K.mr, nr = K.nr;
+  const int64_t pm = (g.m + mr - 1) / mr;
+  const int64_t npc = (g.k + KC - 1) / KC;
+  // packed A: for each pc block, pm panels of kc x mr
+  float* apack = aligned_buffer(tl_ashared, static_cast<size_t>(pm * mr * g.k));
+  for (int64_t b = 0; b < npc; b++) {
+    const int64_t pc = b * KC, kc = std::min<int64_t>(KC, g.k - pc);
+    pack_a_block(g, 0, g.m, pc, kc, mr, apack + pm * mr * pc);
+  }
+  ThreadPool& pool = ThreadPool::instance();
+  const int nt = threads ? pool.threads() : 1;
+  const int64_t npanels = (g.n + nr - 1) / nr;
+  int64_t per = std::max<int64_t>(1, std::min<int64_t>(8, npanels / (4 * nt)));
+  const int tasks = static_cast<int>((npanels + per - 1) / per);
+  auto work = [&](int t, int) {
+    const int64_t p0 = t * per, p1 = std::min<int64_t>(npanels, p0 + per);
+    const int64_t j0 = p0 * nr;
+    const int64_t cols = std::min<int64_t>(g.n, p1 * nr) - j0;
+    float* bpack = aligned_buffer(tl_bpack, static_cast<size_t>((p1 - p0) * nr * KC));
+    for (int64_t b = 0; b < npc; b++) {
+      const int64_t pc = b * KC, kc = std::min<int64_t>(KC, g.k - pc);
+      for (int64_t q = p0; q < p1; q++) pack_b_panel(g, pc, kc, q * nr, nr, bpack + (q - p0) * nr * kc);
+      macro_kernel(K, g, 0, g.m, j0, cols, kc, apack + pm * mr * pc, bpack, g.accumulate || pc > 0);
+    }
+  };
+  if (nt > 1 && tasks > 1) pool.parallel_for(tasks, work);
+  else for (int t = 0; t < tasks; t++) work(t, 0);
+}
+
 void sgemm_impl(const GemmArgs& g, bool threads) {
   const KernelInfo& K = *g_kernel;
+  if (g.m > 0 && g.m <= kSmallM && g.n > 0 && g.k > 0) {
+    gemm_small_m(g, threads);
+    return;
+  }
+  if (g.m > 0 && g.m <= 256 && g.n >= 256 && g.k > 0) {
+    gemm_column_slices(K, g, threads);
+    return;
+  }
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     if (!g.accumulate)

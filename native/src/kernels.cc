@@ -396,9 +396,11 @@ void index_add(const float* src, int64_t outer, int64_t rows, int64_t inner, con
 namespace {
 AK_CLONES void softmax_row(const float* __restrict x, float* __restrict out, int64_t cols, bool log) {
   float m = -INFINITY;
+#pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < cols; j++) m = x[j] > m ? x[j] : m;
   if (m == -INFINITY) m = 0;
   float s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < cols; j++) {
     const float e = fast_exp(x[j] - m);
     out[j] = e;
@@ -417,9 +419,11 @@ AK_CLONES void softmax_backward_row(const float* __restrict y, const float* __re
                                     int64_t cols, bool log) {
   float s = 0;
   if (log) {
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) s += g[j];
     for (int64_t j = 0; j < cols; j++) out[j] = g[j] - fast_exp(y[j]) * s;
   } else {
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) s += g[j] * y[j];
     for (int64_t j = 0; j < cols; j++) out[j] = y[j] * (g[j] - s);
   }
@@ -444,6 +448,7 @@ AK_CLONES void rmsnorm_rows(const float* __restrict x, const float* __restrict w
   for (int64_t r = r0; r < r1; r++) {
     const float* xr = x + r * cols;
     float ss = 0;
+#pragma omp simd reduction(+ : ss)
     for (int64_t j = 0; j < cols; j++) ss += xr[j] * xr[j];
     const float rs = 1.0f / std::sqrt(ss / cols + eps);
     rstd[r] = rs;
@@ -460,6 +465,7 @@ AK_CLONES void rmsnorm_backward_rows(const float* __restrict x, const float* __r
     const float* gr = g + r * cols;
     const float rs = rstd[r];
     float dot = 0;
+#pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < cols; j++) dot += gr[j] * w[j] * xr[j];
     dot *= rs;
     if (dw)
@@ -513,9 +519,11 @@ AK_CLONES void layernorm_rows(const float* __restrict x, const float* __restrict
   for (int64_t r = r0; r < r1; r++) {
     const float* xr = x + r * cols;
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) s += xr[j];
     const float mu = s / cols;
     float v = 0;
+#pragma omp simd reduction(+ : v)
     for (int64_t j = 0; j < cols; j++) v += (xr[j] - mu) * (xr[j] - mu);
     const float rs = 1.0f / std::sqrt(v / cols + eps);
     mean[r] = mu;
@@ -534,6 +542,7 @@ AK_CLONES void layernorm_backward_rows(const float* __restrict x, const float* _
     const float* gr = g + r * cols;
     const float mu = mean[r], rs = rstd[r];
     float sg = 0, sgx = 0;
+#pragma omp simd reduction(+ : sg, sgx)
     for (int64_t j = 0; j < cols; j++) {
       const float xh = (xr[j] - mu) * rs;
       const float gw = gr[j] * w[j];
@@ -576,8 +585,10 @@ void layernorm_backward(const float* x, const float* w, const float* mean, const
 namespace {
 AK_CLONES float row_lse(const float* __restrict x, int64_t cols) {
   float m = -INFINITY;
+#pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < cols; j++) m = x[j] > m ? x[j] : m;
   float s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < cols; j++) s += fast_exp(x[j] - m);
   return m + std::log(s);
 }
@@ -617,6 +628,7 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
 namespace {
 AK_CLONES float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
   float s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
   return s;
 }

@@ -72,6 +72,17 @@ export async function main(argv: string[]): Promise<number> {
       runGemmBench({ js: o.js, pytorch: o.pytorch, threads });
     });
 
+  bench
+    .command('generate')
+    .description('prefill and decode tokens/s (stories260K, GPT-2-small-shaped) next to PyTorch')
+    .option('--json', 'one JSON object per line (the default output)')
+    .option('--no-pytorch', 'skip the PyTorch baseline')
+    .option('--reps <n>', 'measured repetitions (median reported)', '3')
+    .action(async (o: { pytorch: boolean; reps: string }) => {
+      const { runGenerateBench } = await import('../../bench/generate.js');
+      runGenerateBench({ pytorch: o.pytorch, reps: Number(o.reps) });
+    });
+
   try {
     await program.parseAsync(argv);
     return 0;
