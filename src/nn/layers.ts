@@ -4,6 +4,9 @@ import {
 } from '../tensor/index.js';
 import { Module } from './module.js';
 
+/** Anything that maps x [..., in] to [..., out]: a Linear, or a Linear wrapped by adapters. */
+export type LinearLike = Module & { forward(x: Tensor): Tensor };
+
 /**
  * y = x·Wᵀ + b with W [out, in]. With `fanInFanOut` the weight is stored [in, out] (GPT-2's Conv1D)
  * and y = x·W + b.

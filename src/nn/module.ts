@@ -57,14 +57,17 @@ export abstract class Module {
     return this.freeze(false);
   }
 
-  /** The module at a dotted path. */
+  /** The module at a dotted path (array children are indexed: `layers.0.mlp`). */
   get(path: string): Module {
     let m: unknown = this;
     for (const part of path.split('.').filter(Boolean)) {
       m = (m as Record<string, unknown>)[part];
-      if (!(m instanceof Module)) throw new AdaptkitError(`no module at "${path}" (stopped at "${part}")`);
+      if (m === undefined || m === null || (typeof m !== 'object')) {
+        throw new AdaptkitError(`no module at "${path}" (stopped at "${part}")`);
+      }
     }
-    return m as Module;
+    if (!(m instanceof Module)) throw new AdaptkitError(`no module at "${path}"`);
+    return m;
   }
 
   /** Swap the module at a dotted path for another (how adapters wrap layers). Returns the old one. */
@@ -72,10 +75,15 @@ export abstract class Module {
     const parts = path.split('.');
     const last = parts.pop();
     if (!last) throw new AdaptkitError('replace: empty path');
-    const parent = parts.length ? this.get(parts.join('.')) : this;
-    const old = (parent as unknown as Record<string, unknown>)[last];
+    let parent: unknown = this;
+    for (const part of parts) {
+      parent = (parent as Record<string, unknown>)[part];
+      if (parent === undefined || parent === null || typeof parent !== 'object') throw new AdaptkitError(`replace: no module at "${path}"`);
+    }
+    const holder = parent as Record<string, unknown>;
+    const old = holder[last];
     if (!(old instanceof Module)) throw new AdaptkitError(`replace: no module at "${path}"`);
-    (parent as unknown as Record<string, unknown>)[last] = next;
+    holder[last] = next;
     return old;
   }
 

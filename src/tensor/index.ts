@@ -11,4 +11,5 @@ export * from './ops.js';
 export * from './composite.js';
 export { backward, noGrad, isGradEnabled } from './autograd.js';
 export { VJP, sumTo } from './vjp.js';
+export { svd, inverse, matmul64, type SVD } from './linalg.js';
 export { type KernelSet, type UnaryOp, type BinaryOp, type CompareOp, type StridedView, type MatmulArgs, type AttentionArgs, type AttentionBackwardArgs, UNARY_OPS, BINARY_OPS, COMPARE_OPS, installKernels, kernels } from './kernels.js';

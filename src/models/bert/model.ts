@@ -2,7 +2,7 @@
 import {
   AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, squeeze, tanh, tensor, zeros,
 } from '../../tensor/index.js';
-import { Embedding, LayerNorm, Linear, Module } from '../../nn/index.js';
+import { Embedding, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import type { WeightMap } from '../weights.js';
 
@@ -44,7 +44,7 @@ export function parseBertConfig(raw: RawConfig, source = 'config.json'): BertCon
 }
 
 export class BertSelfAttention extends Module {
-  constructor(public query: Linear, public key: Linear, public value: Linear, readonly numHeads: number) {
+  constructor(public query: LinearLike, public key: LinearLike, public value: LinearLike, readonly numHeads: number) {
     super();
   }
 
@@ -57,7 +57,7 @@ export class BertSelfAttention extends Module {
 }
 
 export class BertSelfOutput extends Module {
-  constructor(public dense: Linear, public LayerNorm: LayerNorm) {
+  constructor(public dense: LinearLike, public LayerNorm: LayerNorm) {
     super();
   }
 
@@ -77,7 +77,7 @@ export class BertAttention extends Module {
 }
 
 export class BertIntermediate extends Module {
-  constructor(public dense: Linear, readonly act: string) {
+  constructor(public dense: LinearLike, readonly act: string) {
     super();
   }
 
@@ -124,7 +124,7 @@ export class BertEncoder extends Module {
 }
 
 export class BertPooler extends Module {
-  constructor(public dense: Linear) {
+  constructor(public dense: LinearLike) {
     super();
   }
 
@@ -146,7 +146,7 @@ export interface EncoderInputs {
 }
 
 export class BertForSequenceClassification extends Module {
-  constructor(public bert: BertModel, public classifier: Linear, readonly config: BertConfig) {
+  constructor(public bert: BertModel, public classifier: LinearLike, readonly config: BertConfig) {
     super();
   }
 

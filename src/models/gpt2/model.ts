@@ -2,7 +2,7 @@
 import {
   AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
 } from '../../tensor/index.js';
-import { Embedding, LayerNorm, Linear, Module } from '../../nn/index.js';
+import { Embedding, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import { KVCache } from '../cache.js';
 import type { WeightMap } from '../weights.js';
@@ -49,7 +49,7 @@ interface Ctx {
 }
 
 export class GPT2Attention extends Module {
-  constructor(public c_attn: Linear, public c_proj: Linear, readonly numHeads: number, readonly layerIndex: number) {
+  constructor(public c_attn: LinearLike, public c_proj: LinearLike, readonly numHeads: number, readonly layerIndex: number) {
     super();
   }
 
@@ -67,7 +67,7 @@ export class GPT2Attention extends Module {
 }
 
 export class GPT2MLP extends Module {
-  constructor(public c_fc: Linear, public c_proj: Linear, readonly activation: string) {
+  constructor(public c_fc: LinearLike, public c_proj: LinearLike, readonly activation: string) {
     super();
   }
 
@@ -95,7 +95,7 @@ export class GPT2Model extends Module {
 }
 
 export class GPT2LMHeadModel extends Module {
-  constructor(public transformer: GPT2Model, public lm_head: Linear | null, readonly config: GPT2Config) {
+  constructor(public transformer: GPT2Model, public lm_head: LinearLike | null, readonly config: GPT2Config) {
     super();
   }
 

@@ -5,7 +5,7 @@
 import {
   AdaptkitError, type Tensor, add, attention, mul, permute, reshape, rope, shapeStr, silu,
 } from '../../tensor/index.js';
-import { Embedding, Linear, Module, RMSNorm } from '../../nn/index.js';
+import { Embedding, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
 import { KVCache } from '../cache.js';
 import type { LlamaConfig } from './config.js';
 import { type RopeTables, ropeCosSin, ropeTables } from './rope.js';
@@ -21,10 +21,10 @@ export interface ForwardContext {
 
 export class LlamaAttention extends Module {
   constructor(
-    public q_proj: Linear,
-    public k_proj: Linear,
-    public v_proj: Linear,
-    public o_proj: Linear,
+    public q_proj: LinearLike,
+    public k_proj: LinearLike,
+    public v_proj: LinearLike,
+    public o_proj: LinearLike,
     readonly numHeads: number,
     readonly numKvHeads: number,
     readonly headDim: number,
@@ -46,7 +46,7 @@ export class LlamaAttention extends Module {
 }
 
 export class LlamaMLP extends Module {
-  constructor(public gate_proj: Linear, public up_proj: Linear, public down_proj: Linear) {
+  constructor(public gate_proj: LinearLike, public up_proj: LinearLike, public down_proj: LinearLike) {
     super();
   }
 
@@ -86,7 +86,7 @@ export interface CausalLMForwardOptions {
 export class LlamaForCausalLM extends Module {
   private rope: RopeTables;
 
-  constructor(public model: LlamaModel, public lm_head: Linear | null, readonly config: LlamaConfig) {
+  constructor(public model: LlamaModel, public lm_head: LinearLike | null, readonly config: LlamaConfig) {
     super();
     this.rope = ropeTables({ dim: config.headDim, theta: config.ropeTheta, maxPositions: config.maxPositions, scaling: config.ropeScaling });
   }

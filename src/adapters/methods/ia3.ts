@@ -1,0 +1,127 @@
+/**
+ * IA3 (Liu et al. 2022): learned vectors that rescale activations. Targets that are not
+ * feed-forward get their outputs scaled (keys, values); feedforward_modules get their inputs scaled.
+ * PEFT key: <path>.ia3_l, shape [out, 1] (output scaling) or [1, in] (input scaling).
+ */
+import { AdaptkitError, type Tensor, clone, mul, noGrad, ones, parameter, reshape, transpose, randn } from '../../tensor/index.js';
+import { Linear, Module } from '../../nn/index.js';
+import { baseJson, optBool, parseBase } from '../config.js';
+import { registerMethod } from '../registry.js';
+import { loadInto } from '../state.js';
+import { matches } from '../targets.js';
+import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig, TargetInfo } from '../types.js';
+
+export interface IA3Config extends BaseAdapterConfig {
+  feedforward_modules: string[] | string | null;
+  fan_in_fan_out: boolean;
+  init_ia3_weights: boolean;
+}
+
+/** PEFT's default IA3 targets per architecture. */
+const DEFAULTS: Record<string, { target: string[]; ff: string[] }> = {
+  LlamaForCausalLM: { target: ['k_proj', 'v_proj', 'down_proj'], ff: ['down_proj'] },
+  GPT2LMHeadModel: { target: ['c_attn', 'mlp.c_proj'], ff: ['mlp.c_proj'] },
+  BertForSequenceClassification: { target: ['key', 'value', 'output.dense'], ff: ['output.dense'] },
+};
+
+function parse(raw: RawAdapterConfig, source: string): IA3Config {
+  const base = parseBase(raw, 'IA3', source);
+  const ff = raw.feedforward_modules;
+  if (ff !== undefined && ff !== null && typeof ff !== 'string' && !(Array.isArray(ff) && ff.every((x) => typeof x === 'string'))) {
+    throw new AdaptkitError(`${source}: "feedforward_modules" must be a string or a list of strings`);
+  }
+  return {
+    ...base,
+    feedforward_modules: (ff as string[] | string | null | undefined) ?? null,
+    fan_in_fan_out: optBool(raw, 'fan_in_fan_out', false, source),
+    init_ia3_weights: optBool(raw, 'init_ia3_weights', true, source),
+  };
+}
+
+export class IA3Delta extends Module implements LayerDelta {
+  constructor(readonly adapterName: string, public ia3_l: Tensor, readonly feedforward: boolean) {
+    super();
+  }
+
+  transformInput(x: Tensor): Tensor {
+    return this.feedforward ? mul(x, reshape(this.ia3_l, [-1])) : x;
+  }
+
+  apply(_x: Tensor, y: Tensor): Tensor {
+    return this.feedforward ? y : mul(y, reshape(this.ia3_l, [-1]));
+  }
+
+  mergeWeight(weight: Tensor, fanInFanOut = false): Tensor {
+    return noGrad(() => {
+      // l scales rows of W [out, in] (outputs) or its columns (inputs)
+      const l = this.feedforward ? reshape(this.ia3_l, [1, -1]) : reshape(this.ia3_l, [-1, 1]);
+      return clone(fanInFanOut ? transpose(mul(transpose(weight), l)) : mul(weight, l));
+    });
+  }
+
+  mergeBias(bias: Tensor | null): Tensor | null {
+    if (!bias || this.feedforward) return bias;
+    return noGrad(() => clone(mul(bias, reshape(this.ia3_l, [-1]))));
+  }
+}
+
+class IA3Adapter implements AdapterInstance {
+  readonly method = IA3;
+  readonly deltas = new Map<string, LayerDelta & Module>();
+  constructor(readonly name: string, readonly config: IA3Config) {}
+
+  parameters(): Tensor[] {
+    return [...this.deltas.values()].flatMap((d) => d.parameters());
+  }
+
+  stateDict(): Map<string, Tensor> {
+    return new Map([...this.deltas].map(([p, d]) => [`base_model.model.${p}.ia3_l`, (d as IA3Delta).ia3_l]));
+  }
+
+  loadStateDict(tensors: Map<string, Tensor>, source: string): void {
+    loadInto(this.stateDict(), tensors, source);
+  }
+
+  configJson(): RawAdapterConfig {
+    const c = this.config;
+    return { ...baseJson(c), fan_in_fan_out: c.fan_in_fan_out, feedforward_modules: c.feedforward_modules, init_ia3_weights: c.init_ia3_weights };
+  }
+}
+
+function isFF(c: IA3Config, t: TargetInfo): boolean {
+  return c.feedforward_modules !== null && matches(c.feedforward_modules, t.path) !== null;
+}
+
+export const IA3: AdapterMethod = {
+  peftType: 'IA3',
+  kind: 'tuner',
+  parseConfig: parse,
+  defaultTargets(model: Module) {
+    return DEFAULTS[model.constructor.name]?.target ?? null;
+  },
+  create(name, cfg, targets, ctx) {
+    const c = cfg as IA3Config;
+    if (c.target_modules === null) c.target_modules = DEFAULTS[ctx.model.constructor.name]?.target ?? null;
+    if (c.feedforward_modules === null) c.feedforward_modules = DEFAULTS[ctx.model.constructor.name]?.ff ?? [];
+    const inst = new IA3Adapter(name, c);
+    for (const t of targets) {
+      if (!(t.module instanceof Linear)) throw new AdaptkitError(`IA3 targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+      const ff = isFF(c, t);
+      const shape = ff ? [1, t.module.inFeatures] : [t.module.outFeatures, 1];
+      const init = c.init_ia3_weights ? ones(shape) : randn(shape, { rng: ctx.rng, std: 0.02, mean: 1 });
+      const d = new IA3Delta(name, parameter(init, `${t.path}.ia3_l`), ff);
+      if (t.module.fanInFanOut) {
+        const merge = d.mergeWeight.bind(d);
+        d.mergeWeight = (w: Tensor) => merge(w, true);
+      }
+      inst.deltas.set(t.path, d);
+    }
+    return inst;
+  },
+  countParameters(cfg, targets) {
+    const c = cfg as IA3Config;
+    return targets.reduce((n, t) => n + (isFF(c, t) ? (t.module as Linear).inFeatures : (t.module as Linear).outFeatures), 0);
+  },
+};
+
+registerMethod(IA3);

@@ -1,0 +1,301 @@
+/**
+ * LoRA (Hu et al. 2021) and its variants: rsLoRA scaling (alpha/sqrt(r)), DoRA (weight-decomposed:
+ * a learned magnitude per output over the direction of W + sBA), rank/alpha patterns, dropout,
+ * bias modes, GPT-2 Conv1D layout (fan_in_fan_out), and the initializations default (Kaiming-uniform
+ * A, zero B), gaussian, PiSSA (principal singular vectors of W, residual frozen) and CorDA (SVD of
+ * W·C with C the input covariance; "kpm" adapts the smallest components, "ipm" the largest).
+ *
+ * PEFT keys: <path>.lora_A.weight [r, in], <path>.lora_B.weight [out, r],
+ * <path>.lora_magnitude_vector [out] (DoRA), <path>.bias with bias "all"/"lora_only".
+ */
+import {
+  AdaptkitError, type Tensor, add, dropout, fromBuffer, inverse, linear, matmul, matmul64, mul, noGrad,
+  parameter, rand, randn, reshape, sqrt, sum, svd, transpose, zeros, div, clone,
+} from '../../tensor/index.js';
+import { Linear, Module } from '../../nn/index.js';
+import { baseJson, numberMap, optBool, optInt, optNumber, parseBase, patternValue } from '../config.js';
+import { registerMethod } from '../registry.js';
+import { loadInto } from '../state.js';
+import type {
+  AdapterInstance, AdapterMethod, BaseAdapterConfig, CreateContext, LayerDelta, RawAdapterConfig, TargetInfo,
+} from '../types.js';
+
+export type LoraInit = 'default' | 'gaussian' | 'pissa' | 'corda' | 'zeros';
+
+export interface LoraConfig extends BaseAdapterConfig {
+  r: number;
+  lora_alpha: number;
+  lora_dropout: number;
+  bias: 'none' | 'all' | 'lora_only';
+  fan_in_fan_out: boolean;
+  use_rslora: boolean;
+  use_dora: boolean;
+  rank_pattern: Record<string, number>;
+  alpha_pattern: Record<string, number>;
+  init: LoraInit;
+  /** init_lora_weights as written in the file (true, false, "gaussian", "pissa", "corda", ...). */
+  init_lora_weights: unknown;
+  corda_mode: 'kpm' | 'ipm';
+}
+
+function parseInit(v: unknown, source: string): LoraInit {
+  if (v === undefined || v === null || v === true) return 'default';
+  if (v === false) return 'zeros';
+  if (v === 'gaussian') return 'gaussian';
+  if (v === 'pissa' || (typeof v === 'string' && v.startsWith('pissa_niter_'))) return 'pissa';
+  if (v === 'corda') return 'corda';
+  throw new AdaptkitError(`${source}: init_lora_weights ${JSON.stringify(v)} is not supported (true, false, "gaussian", "pissa", "corda")`);
+}
+
+export function parseLoraConfig(raw: RawAdapterConfig, source: string): LoraConfig {
+  const base = parseBase(raw, 'LORA', source);
+  const bias = raw.bias ?? 'none';
+  if (bias !== 'none' && bias !== 'all' && bias !== 'lora_only') throw new AdaptkitError(`${source}: "bias" must be "none", "all" or "lora_only", got ${JSON.stringify(bias)}`);
+  const dropoutP = optNumber(raw, 'lora_dropout', 0, source, 0);
+  if (dropoutP >= 1) throw new AdaptkitError(`${source}: "lora_dropout" must be below 1, got ${dropoutP}`);
+  const cordaCfg = raw.corda_config as { corda_method?: string } | null | undefined;
+  const r = optInt(raw, 'r', 8, source, 1);
+  return {
+    ...base,
+    r,
+    lora_alpha: optNumber(raw, 'lora_alpha', 8, source),
+    lora_dropout: dropoutP,
+    bias,
+    fan_in_fan_out: optBool(raw, 'fan_in_fan_out', false, source),
+    use_rslora: optBool(raw, 'use_rslora', false, source),
+    use_dora: optBool(raw, 'use_dora', false, source),
+    rank_pattern: numberMap(raw, 'rank_pattern', source),
+    alpha_pattern: numberMap(raw, 'alpha_pattern', source),
+    init: parseInit(raw.init_lora_weights, source),
+    init_lora_weights: raw.init_lora_weights ?? true,
+    corda_mode: cordaCfg?.corda_method === 'kpm' ? 'kpm' : 'ipm',
+  };
+}
+
+/** r and scaling for one target (rank_pattern / alpha_pattern override r / lora_alpha). */
+export function rankAndScale(c: LoraConfig, path: string): { r: number; scale: number } {
+  const r = patternValue(c.rank_pattern, path) ?? c.r;
+  const alpha = patternValue(c.alpha_pattern, path) ?? c.lora_alpha;
+  return { r, scale: c.use_rslora ? alpha / Math.sqrt(r) : alpha / r };
+}
+
+/** Weight as [out, in] whatever the layer's storage layout. */
+function weightOutIn(base: Linear): Tensor {
+  return base.fanInFanOut ? transpose(base.weight) : base.weight;
+}
+
+/** The low-rank delta sBA (+ DoRA's rescaling) on one layer. */
+export class LoraDelta extends Module implements LayerDelta {
+  lora_magnitude_vector: Tensor | null = null;
+  bias: Tensor | null = null;
+
+  constructor(
+    readonly adapterName: string,
+    public lora_A: Tensor,
+    public lora_B: Tensor,
+    readonly scale: number,
+    readonly dropoutP: number,
+    base: Linear,
+  ) {
+    super();
+    this.#base = base;
+  }
+
+  /** The base layer (DoRA needs its weight); private so it is not a child in the module tree. */
+  readonly #base: Linear;
+
+  get base(): Linear {
+    return this.#base;
+  }
+
+  /** s·B·A as [out, in]. */
+  deltaWeight(): Tensor {
+    return mul(matmul(this.lora_B, this.lora_A), this.scale);
+  }
+
+  /** Row norms of W + sBA, detached (as DoRA prescribes). */
+  private weightNorm(): Tensor {
+    return noGrad(() => {
+      const w = add(weightOutIn(this.base), this.deltaWeight());
+      return sqrt(sum(mul(w, w), 1));
+    });
+  }
+
+  apply(x: Tensor, y: Tensor): Tensor {
+    const xd = this.dropoutP > 0 ? dropout(x, this.dropoutP) : x;
+    let lora = mul(linear(linear(xd, this.lora_A), this.lora_B), this.scale);
+    if (this.lora_magnitude_vector) {
+      // y = (m/||W+sBA||) (xWᵀ + s xAᵀBᵀ) + b, written as a correction of the base output y
+      const ratio = div(this.lora_magnitude_vector, this.weightNorm());
+      const baseNoBias = linear(xd, weightOutIn(this.base));
+      lora = add(mul(baseNoBias, add(ratio, -1)), mul(lora, ratio));
+    }
+    let out = add(y, lora);
+    // a trained bias replaces the base layer's bias
+    if (this.bias) out = add(out, this.base.bias ? add(this.bias, mul(this.base.bias, -1)) : this.bias);
+    return out;
+  }
+
+  mergeWeight(weight: Tensor): Tensor {
+    return noGrad(() => {
+      let w = add(weightOutIn(new Linear(weight, null, this.base.fanInFanOut)), this.deltaWeight());
+      if (this.lora_magnitude_vector) {
+        const norm = sqrt(sum(mul(w, w), 1, true));
+        w = mul(div(w, norm), reshape(this.lora_magnitude_vector, [-1, 1]));
+      }
+      return clone(this.base.fanInFanOut ? transpose(w) : w);
+    });
+  }
+
+  mergeBias(bias: Tensor | null): Tensor | null {
+    if (!this.bias) return bias;
+    return noGrad(() => clone(this.bias!));
+  }
+}
+
+function kaimingA(r: number, inF: number, ctx: CreateContext): Tensor {
+  const bound = 1 / Math.sqrt(inF);
+  return rand([r, inF], { low: -bound, high: bound, rng: ctx.rng });
+}
+
+/** SVD-based init: returns A, B and the residual base weight [out, in]. */
+function svdInit(w: Tensor, r: number, scale: number, mode: 'largest' | 'smallest', cov: Float64Array | null): { A: Tensor; B: Tensor; residual: Tensor } {
+  const [out, inF] = w.shape as [number, number];
+  const W = Float64Array.from(w.toArray());
+  // CorDA decomposes W·C and maps back with C⁻¹; PiSSA decomposes W itself
+  const target = cov ? matmul64(W, cov, out, inF, inF) : W;
+  const d = svd(target, out, inF);
+  const k = d.k;
+  if (r > k) throw new AdaptkitError(`rank ${r} exceeds min(out, in) = ${k}`);
+  const idx = mode === 'largest' ? Array.from({ length: r }, (_, i) => i) : Array.from({ length: r }, (_, i) => k - r + i);
+  const cinv = cov ? inverse(cov, inF) : null;
+  const A = new Float32Array(r * inF);
+  const B = new Float32Array(out * r);
+  idx.forEach((c, j) => {
+    const sv = Math.sqrt(d.s[c]! / scale);
+    // row j of A: sqrt(s) vᵀ (· C⁻¹ for CorDA); column j of B: sqrt(s) u
+    const vrow = new Float64Array(inF);
+    for (let i = 0; i < inF; i++) vrow[i] = d.v[i * k + c]!;
+    const arow = cinv ? matmul64(vrow, cinv, 1, inF, inF) : vrow;
+    for (let i = 0; i < inF; i++) A[j * inF + i] = sv * arow[i]!;
+    for (let i = 0; i < out; i++) B[i * r + j] = sv * d.u[i * k + c]!;
+  });
+  const At = fromBuffer(A, [r, inF]);
+  const Bt = fromBuffer(B, [out, r]);
+  const residual = noGrad(() => clone(add(w, mul(matmul(Bt, At), -scale))));
+  return { A: At, B: Bt, residual };
+}
+
+class LoraAdapter implements AdapterInstance {
+  readonly method = LORA;
+  readonly deltas = new Map<string, LayerDelta & Module>();
+  readonly residualBase = new Map<string, Linear>();
+
+  constructor(readonly name: string, readonly config: LoraConfig) {}
+
+  parameters(): Tensor[] {
+    return [...this.deltas.values()].flatMap((d) => d.parameters());
+  }
+
+  stateDict(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const [path, d] of this.deltas) {
+      const ld = d as LoraDelta;
+      out.set(`base_model.model.${path}.lora_A.weight`, ld.lora_A);
+      out.set(`base_model.model.${path}.lora_B.weight`, ld.lora_B);
+      if (ld.lora_magnitude_vector) out.set(`base_model.model.${path}.lora_magnitude_vector`, ld.lora_magnitude_vector);
+      if (ld.bias) out.set(`base_model.model.${path}.base_layer.bias`, ld.bias);
+    }
+    return out;
+  }
+
+  loadStateDict(tensors: Map<string, Tensor>, source: string): void {
+    loadInto(this.stateDict(), tensors, source);
+  }
+
+  configJson(): RawAdapterConfig {
+    const c = this.config;
+    return {
+      ...baseJson(c),
+      alpha_pattern: c.alpha_pattern,
+      bias: c.bias,
+      fan_in_fan_out: c.fan_in_fan_out,
+      init_lora_weights: c.init_lora_weights,
+      layer_replication: null,
+      loftq_config: {},
+      lora_alpha: c.lora_alpha,
+      lora_dropout: c.lora_dropout,
+      megatron_config: null,
+      megatron_core: 'megatron.core',
+      r: c.r,
+      rank_pattern: c.rank_pattern,
+      use_dora: c.use_dora,
+      use_rslora: c.use_rslora,
+    };
+  }
+}
+
+function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx: CreateContext): AdapterInstance {
+  const c = cfg as LoraConfig;
+  const inst = new LoraAdapter(name, c);
+  for (const t of targets) {
+    if (!(t.module instanceof Linear)) throw new AdaptkitError(`LoRA targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+    let base = t.module;
+    if (c.fan_in_fan_out !== base.fanInFanOut) {
+      throw new AdaptkitError(`"${t.path}" stores its weight ${base.fanInFanOut ? '[in, out] (Conv1D)' : '[out, in]'}: set fan_in_fan_out to ${base.fanInFanOut}`);
+    }
+    const { r, scale } = rankAndScale(c, t.path);
+    const inF = base.inFeatures;
+    const outF = base.outFeatures;
+    let A: Tensor;
+    let B: Tensor;
+    if (c.init === 'pissa' || c.init === 'corda') {
+      const cov = c.init === 'corda' ? ctx.covariance?.get(t.path) : null;
+      if (c.init === 'corda' && !cov) throw new AdaptkitError(`CorDA needs calibration data: no input covariance for "${t.path}"`);
+      const w = noGrad(() => clone(weightOutIn(base)));
+      const mode = c.init === 'pissa' || c.corda_mode === 'ipm' ? 'largest' : 'smallest';
+      const res = svdInit(w, r, scale, mode, cov ?? null);
+      w.dispose();
+      A = res.A;
+      B = res.B;
+      const resW = base.fanInFanOut ? noGrad(() => clone(transpose(res.residual))) : res.residual;
+      base = new Linear(resW.keep(), base.bias, base.fanInFanOut);
+      inst.residualBase.set(t.path, base);
+    } else {
+      A = c.init === 'gaussian' ? randn([r, inF], { std: 1 / r, rng: ctx.rng }) : c.init === 'zeros' ? zeros([r, inF]) : kaimingA(r, inF, ctx);
+      B = zeros([outF, r]);
+    }
+    const d = new LoraDelta(name, parameter(A, `${t.path}.lora_A`), parameter(B, `${t.path}.lora_B`), scale, c.lora_dropout, base);
+    if (c.use_dora) {
+      d.lora_magnitude_vector = parameter(noGrad(() => {
+        const w = add(weightOutIn(base), d.deltaWeight());
+        return clone(sqrt(sum(mul(w, w), 1)));
+      }), `${t.path}.lora_magnitude_vector`);
+    }
+    if (c.bias !== 'none') d.bias = parameter(base.bias ? noGrad(() => clone(base.bias!)) : zeros([outF]), `${t.path}.bias`);
+    inst.deltas.set(t.path, d);
+  }
+  return inst;
+}
+
+export const LORA: AdapterMethod = {
+  peftType: 'LORA',
+  kind: 'tuner',
+  parseConfig: parseLoraConfig,
+  create,
+  countParameters(cfg, targets) {
+    const c = cfg as LoraConfig;
+    let n = 0;
+    for (const t of targets) {
+      const m = t.module as Linear;
+      const { r } = rankAndScale(c, t.path);
+      n += r * (m.inFeatures + m.outFeatures);
+      if (c.use_dora) n += m.outFeatures;
+      if (c.bias !== 'none') n += m.outFeatures;
+    }
+    return n;
+  },
+};
+
+registerMethod(LORA);
+
