@@ -157,3 +157,32 @@ describe('adapter errors', () => {
 
 import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
+
+for (const backend of backends()) {
+  describe(`mixed-adapter batches on ${backend}`, () => {
+    for (const model of ['llama-gqa', 'gpt2'] as const) {
+      it(`${model}: each row with its own LoRA (different ranks and targets) equals that adapter alone`, () => {
+        ak.setBackend(backend);
+        const am = new AdapterModel(loadModel(join(FIX, model)).model);
+        const conv = model === 'gpt2';
+        am.add('a', { peft_type: 'LORA', r: 4, lora_alpha: 8, fan_in_fan_out: conv, target_modules: conv ? ['c_attn'] : ['q_proj', 'v_proj'] }, { seed: 1 });
+        am.add('b', { peft_type: 'LORA', r: 2, lora_alpha: 2, fan_in_fan_out: conv, use_rslora: true, target_modules: conv ? ['c_attn', 'c_fc'] : ['q_proj', 'k_proj', 'o_proj'] }, { seed: 2 });
+        am.add('c', { peft_type: 'LORA', r: 3, lora_alpha: 6, fan_in_fan_out: conv, target_modules: 'all-linear' }, { seed: 3 });
+        for (const n of ['a', 'b', 'c']) {
+          am.setActive([n]);
+          perturb(am, n.charCodeAt(0));
+        }
+        const rows = [[5, 17, 3, 44], [9, 1, 60, 2], [7, 7, 8, 9], [11, 12, 13, 14], [1, 2, 3, 4]];
+        const who = ['a', null, 'b', 'c', 'a'];
+        const batch = ak.tensor(rows.flat(), [rows.length, 4], { dtype: 'i32' });
+        const mixed = am.withRowAdapters(who, () => ak.tidy(() => ak.noGrad(() => (am.model as any).forward(batch).toArray())));
+        const V = 64 * 4;
+        rows.forEach((r, i) => {
+          am.setActive(who[i] ? [who[i]!] : []);
+          const alone = ak.tidy(() => ak.noGrad(() => (am.model as any).forward(ak.tensor(r, [1, 4], { dtype: 'i32' })).toArray()));
+          assertClose(mixed.subarray(i * V, (i + 1) * V), alone, `row ${i} (${who[i]})`, 1e-4, 1e-4);
+        });
+      });
+    }
+  });
+}

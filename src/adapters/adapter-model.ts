@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../tensor/index.js';
+import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter, tensor } from '../tensor/index.js';
 import { Linear, Module } from '../nn/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, serializeSafetensors } from '../io/safetensors.js';
@@ -15,6 +15,7 @@ import type { AdapterInstance, LayerDelta, RawAdapterConfig } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { pythonJson } from './pyjson.js';
 import { loadInto } from './state.js';
+import { RowRouting, buildMixedDeltas } from './mixed.js';
 
 const FLOAT_KEYS = ['lora_dropout', 'lora_alpha', 'dropout', 'scaling', 'init_scale', 'adapter_scaling'];
 
@@ -191,6 +192,38 @@ export class AdapterModel<M extends Module = Module> {
   unmerge(): void {
     this.restoreAll();
     this.apply();
+  }
+
+  /**
+   * Run fn with a mixed-adapter batch: row i of the batch uses adapter rowAdapters[i] (null: none).
+   * Base GEMMs are shared; each row's LoRA update is gathered per row.
+   */
+  withRowAdapters<T>(rowAdapters: readonly (string | null)[], fn: () => T): T {
+    const distinct = [...new Set(rowAdapters.filter((a): a is string => a !== null))];
+    for (const n of distinct) if (!this.adapters.has(n)) throw new AdaptkitError(`no adapter named "${n}"`);
+    const routing = new RowRouting();
+    const deltas = buildMixedDeltas(distinct.map((n) => this.adapters.get(n)!), routing);
+    routing.rows = tensor(rowAdapters.map((a) => (a === null ? 0 : distinct.indexOf(a) + 1)), [rowAdapters.length], { dtype: 'i32' });
+    const prev = this.activeNames;
+    this.restoreAll();
+    for (const [path, d] of deltas) {
+      const orig = this.model.get(path);
+      this.originals.set(path, orig);
+      this.setAt(path, new AdaptedLayer(orig as Linear, [d]));
+    }
+    try {
+      return fn();
+    } finally {
+      this.restoreAll();
+      this.activeNames = prev;
+      this.apply();
+      for (const d of deltas.values()) {
+        d.stackA.dispose();
+        d.stackB.dispose();
+        d.scales.dispose();
+      }
+      routing.rows.dispose();
+    }
   }
 
   /** Save one adapter as adapter_config.json + adapter_model.safetensors (atomically). */
