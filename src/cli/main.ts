@@ -4,6 +4,8 @@ import { readFileSync } from 'node:fs';
 import { getBackend, nativeBackend, nativeLoadError, setBackend, type BackendName } from '../backend/index.js';
 import { AdaptkitError } from '../tensor/index.js';
 import { registerModelCommands } from './models.js';
+import { registerAdapterCommands } from './adapters.js';
+import '../adapters/index.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -56,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     });
 
   registerModelCommands(program);
+  registerAdapterCommands(program);
 
   const bench = program.command('bench').description('benchmarks that print one JSON object per line');
   bench

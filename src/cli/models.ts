@@ -5,6 +5,7 @@ import { loadModel, loadTokenizer } from '../models/load.js';
 import { generate } from '../models/generate.js';
 import { convertLlama2c } from '../models/convert.js';
 import { isHubId, snapshotDownload } from '../io/hub.js';
+import { AdapterModel } from '../adapters/index.js';
 
 /** A local path for a model argument: Hub ids are downloaded (or found in the cache) first. */
 export async function resolveModel(arg: string): Promise<string> {
@@ -43,9 +44,11 @@ export function registerModelCommands(program: Command): void {
     .option('--repetition-penalty <r>', 'HF-style repetition penalty', '1')
     .option('--seed <s>', 'sampling seed', '0')
     .option('--stop <text...>', 'stop strings')
+    .option('--adapter <dir>', 'apply a PEFT adapter folder')
     .action(async (o: Record<string, string | string[] | undefined>) => {
       const path = await resolveModel(String(o.model));
       const { model } = loadModel(path);
+      if (o.adapter) new AdapterModel(model).load(String(o.adapter));
       const tok = loadTokenizer(path, o.tokenizer as string | undefined, model.config.vocabSize);
       const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
       process.stdout.write(String(o.prompt ?? ''));
@@ -81,9 +84,11 @@ export function registerModelCommands(program: Command): void {
     .option('--text <text>', 'text to score (BOS is added)')
     .option('--token-ids <ids>', 'comma-separated token ids')
     .option('--json', 'print JSON (the default)')
-    .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string }) => {
+    .option('--adapter <dir>', 'apply a PEFT adapter folder')
+    .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string; adapter?: string }) => {
       const path = await resolveModel(o.model);
       const { model } = loadModel(path);
+      if (o.adapter) new AdapterModel(model).load(o.adapter);
       let ids: number[];
       if (o.tokenIds !== undefined) {
         ids = o.tokenIds.split(',').map((s) => Number(s.trim()));
