@@ -22,6 +22,8 @@ interface MethodCase {
   model: 'llama-gqa' | 'gpt2';
   config: Record<string, unknown>;
   mergeable: boolean;
+  /** A new adapter leaves the model unchanged (false for prompt methods, which add positions). */
+  identity?: boolean;
 }
 
 const CASES: MethodCase[] = [
@@ -32,12 +34,23 @@ const CASES: MethodCase[] = [
   { name: 'dora-gpt2', model: 'gpt2', config: { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: true, use_dora: true, target_modules: ['c_attn'] }, mergeable: true },
   { name: 'ia3', model: 'llama-gqa', config: { peft_type: 'IA3' }, mergeable: true },
   { name: 'ia3-gpt2', model: 'gpt2', config: { peft_type: 'IA3', fan_in_fan_out: true }, mergeable: true },
+  { name: 'hydra', model: 'llama-gqa', config: { peft_type: 'HYDRA', r: 4, lora_alpha: 8, seq_r: 2, target_modules: ['v_proj', 'down_proj'] }, mergeable: true },
+  { name: 'hydra-gpt2', model: 'gpt2', config: { peft_type: 'HYDRA', r: 2, target_modules: ['c_fc'] }, mergeable: true },
+  { name: 'bottleneck-houlsby', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'houlsby', reduction_factor: 8, non_linearity: 'silu', layer_norm: 'before' }, mergeable: false },
+  { name: 'bottleneck-pfeiffer-gpt2', model: 'gpt2', config: { peft_type: 'BOTTLENECK', adapter_type: 'pfeiffer', bottleneck_size: 5, non_linearity: 'gelu' }, mergeable: false },
+  { name: 'bottleneck-parallel', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'parallel', reduction_factor: 4, scaling: 2, non_linearity: 'tanh' }, mergeable: false },
+  { name: 'compacter', model: 'llama-gqa', config: { peft_type: 'COMPACTER', adapter_type: 'houlsby', reduction_factor: 4, phm_dim: 4, phm_rank: 1, non_linearity: 'gelu' }, mergeable: false },
+  { name: 'compacter-gpt2', model: 'gpt2', config: { peft_type: 'COMPACTER', adapter_type: 'pfeiffer', reduction_factor: 2, phm_dim: 2, phm_rank: 2, non_linearity: 'silu' }, mergeable: false },
+  { name: 'prompt-tuning', model: 'llama-gqa', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 3 }, mergeable: false, identity: false },
+  { name: 'prompt-tuning-gpt2', model: 'gpt2', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 2, prompt_tuning_init: 'SAMPLE_VOCAB' }, mergeable: false, identity: false },
+  { name: 'prefix-tuning', model: 'llama-gqa', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 3 }, mergeable: false, identity: false },
+  { name: 'prefix-projection-gpt2', model: 'gpt2', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 2, prefix_projection: true, encoder_hidden_size: 8 }, mergeable: false, identity: false },
 ];
 
 const IDS = ak.tensor([5, 17, 3, 44, 9, 1, 60, 2], [2, 4], { dtype: 'i32' }).keep();
 
 function logits(am: AdapterModel): Float32Array {
-  return ak.tidy(() => ak.noGrad(() => (am.model as any).forward(IDS).toArray() as Float32Array));
+  return ak.tidy(() => ak.noGrad(() => am.forward(IDS).toArray() as Float32Array));
 }
 
 /** Move every adapter parameter away from its init so the checks are not trivial. */
@@ -61,10 +74,10 @@ for (const backend of backends()) {
         const before = logits(am);
         const inst = am.add('a', c.config, { seed: 1 });
         assert.ok(inst.parameters().length > 0);
-        assertClose(logits(am), before, `${c.name} zero-init`, 1e-6, 1e-6);
+        if (c.identity !== false) assertClose(logits(am), before, `${c.name} zero-init`, 1e-6, 1e-6);
         perturb(am, 2);
         const adapted = logits(am);
-        assert.ok(adapted.some((v, i) => Math.abs(v - before[i]!) > 1e-3), 'a perturbed adapter changes the output');
+        if (c.identity !== false) assert.ok(adapted.some((v, i) => Math.abs(v - before[i]!) > 1e-3), 'a perturbed adapter changes the output');
         am.setActive([]);
         assertClose(logits(am), before, `${c.name} deactivated`, 0, 0);
         am.setActive(['a']);
@@ -94,9 +107,14 @@ for (const backend of backends()) {
         perturb(am, 4);
         const params = am.trainableParameters();
         const R = ak.randn([2, 4, 64], { rng: new ak.Rng(5) }).keep();
-        const objective = () => ak.tidy(() => ak.sum(ak.mul((am.model as any).forward(IDS), R)).item());
-        ak.tidy(() => ak.sum(ak.mul((am.model as any).forward(IDS), R)).backward());
+        const out = () => {
+          const l = am.forward(IDS);
+          return ak.narrow(l, 1, l.shape[1]! - 4, 4);
+        };
+        const objective = () => ak.tidy(() => ak.sum(ak.mul(out(), R)).item());
+        ak.tidy(() => ak.sum(ak.mul(out(), R)).backward());
         for (const p of params) assert.ok(p.grad, `${p.name} has a gradient`);
+        if (c.name === 'compacter') assert.ok(params.some((p) => p.name === 'compacter_phm_rule'), 'the shared PHM rule is trained');
         // frozen base weights never get gradients
         assert.ok(am.model.parameters().filter((p) => !params.includes(p)).every((p) => p.grad === null));
         const h = 1e-2;
@@ -186,3 +204,79 @@ for (const backend of backends()) {
     }
   });
 }
+
+describe('every method: parameter counts, mixed batches, prompt-learning definitions', () => {
+  for (const c of CASES) {
+    it(`${c.name}: trainable parameters match the method's formula`, () => {
+      const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
+      const inst = am.add('a', c.config, { seed: 1 });
+      const { findTargets } = adapters;
+      const method = inst.method;
+      const targets = method.kind === 'tuner' ? findTargets(am.model, inst.config, method.defaultTargets ? method.defaultTargets(am.model, inst.config) : (am.model.constructor as any).defaultAdapterTargets) : [];
+      assert.equal(method.countParameters!(inst.config, targets), am.numTrainable('a'));
+    });
+
+    it(`${c.name}: a mixed batch (this adapter, none, another) equals each row run alone`, () => {
+      const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
+      am.add('a', c.config, { seed: 1 });
+      am.add('l', { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: c.model === 'gpt2', target_modules: c.model === 'gpt2' ? ['c_attn'] : ['q_proj'] }, { seed: 2 });
+      for (const n of ['a', 'l']) {
+        am.setActive([n]);
+        perturb(am, n.charCodeAt(0) + 7);
+      }
+      const rows = [[5, 17, 3, 44], [9, 1, 60, 2], [7, 7, 8, 9]];
+      const who = c.identity === false ? ['a', 'a', 'a'] : ['a', null, 'l'];
+      const mixed = ak.tidy(() => ak.noGrad(() => am.forwardMixed(ak.tensor(rows.flat(), [3, 4], { dtype: 'i32' }), who).toArray()));
+      const per = mixed.length / 3;
+      rows.forEach((r, i) => {
+        am.setActive(who[i] ? [who[i]!] : []);
+        const alone = ak.tidy(() => ak.noGrad(() => am.forward(ak.tensor(r, [1, 4], { dtype: 'i32' })).toArray()));
+        assertClose(mixed.subarray(i * per, (i + 1) * per), alone, `${c.name} row ${i}`, 1e-4, 1e-4);
+      });
+    });
+  }
+
+  for (const model of ['llama-gqa', 'gpt2'] as const) {
+    it(`${model}: prompt tuning with the embeddings of tokens X equals the base model on X followed by the input`, () => {
+      const am = new AdapterModel(loadModel(join(FIX, model)).model);
+      const X = [11, 42, 7];
+      am.add('p', { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 3, prompt_tuning_init: 'TEXT', init_token_ids: X });
+      const ids = [5, 17, 3, 44];
+      const withPrompt = ak.tidy(() => ak.noGrad(() => am.forward(ak.tensor(ids, [1, 4], { dtype: 'i32' })).toArray()));
+      am.setActive([]);
+      const base = ak.tidy(() => ak.noGrad(() => am.forward(ak.tensor([...X, ...ids], [1, 7], { dtype: 'i32' })).toArray()));
+      assertClose(withPrompt, base, 'prompt tuning', 1e-5, 1e-5);
+    });
+
+    it(`${model}: prefix tuning with the keys/values of tokens X equals continuing the base model after X`, () => {
+      const am = new AdapterModel(loadModel(join(FIX, model)).model);
+      const m = am.model as any;
+      const X = [11, 42, 7];
+      const ids = [5, 17, 3, 44];
+      // the base model's cache after reading X, laid out as a prefix table [P, L·2·H·D]
+      const cache = m.newCache();
+      ak.noGrad(() => m.forward(ak.tensor(X, [1, 3], { dtype: 'i32' }), { cache }));
+      const expected = ak.tidy(() => ak.noGrad(() => m.forward(ak.tensor(ids, [1, 4], { dtype: 'i32' }), { cache }).toArray()));
+      const inst = am.add('p', { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 3 }) as any;
+      const { layers, kvHeads, headDim } = inst.info;
+      const table = new Float32Array(3 * layers * 2 * kvHeads * headDim);
+      const fresh = m.newCache();
+      am.setActive([]);
+      ak.noGrad(() => m.forward(ak.tensor(X, [1, 3], { dtype: 'i32' }), { cache: fresh }));
+      am.setActive(['p']);
+      for (let l = 0; l < layers; l++) {
+        for (const [kv, t] of [[0, (fresh as any).k[l]], [1, (fresh as any).v[l]]] as [number, ak.Tensor][]) {
+          const a = t.toArray();
+          for (let h = 0; h < kvHeads; h++) for (let p = 0; p < 3; p++) for (let d = 0; d < headDim; d++) {
+            table[p * layers * 2 * kvHeads * headDim + ((l * 2 + kv) * kvHeads + h) * headDim + d] = a[(h * 3 + p) * headDim + d]!;
+          }
+        }
+      }
+      (inst.prompt.storage.data as Float32Array).set(table);
+      const got = ak.tidy(() => ak.noGrad(() => am.forward(ak.tensor(ids, [1, 4], { dtype: 'i32' })).toArray()));
+      assertClose(got, expected, 'prefix tuning', 1e-5, 1e-5);
+    });
+  }
+});
+
+import * as adapters from '../src/adapters/index.js';

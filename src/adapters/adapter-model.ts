@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter, tensor } from '../tensor/index.js';
+import { AdaptkitError, Rng, type Tensor, clone, concat, indexSelect, noGrad, ones, parameter, tensor } from '../tensor/index.js';
 import { Linear, Module } from '../nn/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, serializeSafetensors } from '../io/safetensors.js';
@@ -16,6 +16,8 @@ import { AdaptedLayer } from './wrapper.js';
 import { pythonJson } from './pyjson.js';
 import { loadInto } from './state.js';
 import { RowRouting, buildMixedDeltas } from './mixed.js';
+import { PrefixAdapter } from './methods/prefix-tuning.js';
+import type { KVCacheLike } from './prompt-common.js';
 
 const FLOAT_KEYS = ['lora_dropout', 'lora_alpha', 'dropout', 'scaling', 'init_scale', 'adapter_scaling'];
 
@@ -60,7 +62,7 @@ export class AdapterModel<M extends Module = Module> {
     const config = method.parseConfig(raw, `adapter "${name}" config`);
     this.restoreAll();
     try {
-      const targets = method.kind === 'tuner' ? findTargets(this.model, config, method.defaultTargets?.(this.model) ?? defaultTargets(this.model)) : [];
+      const targets = method.kind === 'tuner' ? findTargets(this.model, config, method.defaultTargets ? method.defaultTargets(this.model, config) : defaultTargets(this.model)) : [];
       const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), model: this.model, covariance: opts.covariance });
       this.adapters.set(name, inst);
       if (config.modules_to_save?.length) {
@@ -194,6 +196,43 @@ export class AdapterModel<M extends Module = Module> {
     this.apply();
   }
 
+  /** The active prefix-tuning adapter, if any (it primes KV caches). */
+  private activePrefix(): PrefixAdapter | null {
+    const p = this.activeNames.map((n) => this.adapters.get(n)!).filter((a): a is PrefixAdapter => a instanceof PrefixAdapter);
+    if (p.length > 1) throw new AdaptkitError(`only one prefix-tuning adapter can be active (have ${p.map((a) => a.name).join(', ')})`);
+    return p[0] ?? null;
+  }
+
+  /** A KV cache for the model, primed with the active prefix adapter's keys/values for `batch` rows. */
+  newCache(batch = 1): KVCacheLike {
+    const m = this.model as unknown as { newCache?: () => KVCacheLike };
+    if (!m.newCache) throw new AdaptkitError('this model has no KV cache');
+    const cache = m.newCache();
+    this.activePrefix()?.prime(cache, batch);
+    return cache;
+  }
+
+  /**
+   * The model's forward with the active adapters, prompt-learning ones included: a prefix adapter
+   * primes the cache (a fresh one when none is given) and the attention mask grows to cover it.
+   */
+  forward(ids: Tensor, opts: { cache?: KVCacheLike | null; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null } = {}): Tensor {
+    const m = this.model as unknown as { forward(ids: Tensor, o?: object): Tensor };
+    const prefix = this.activePrefix();
+    if (!prefix) return m.forward(ids, opts);
+    const own = !opts.cache;
+    const cache = opts.cache ?? this.newCache(ids.shape[0]!);
+    let mask = opts.attentionMask ?? null;
+    if (mask && mask.shape[1] === ids.shape[1] && cache.length > 0) {
+      mask = concat([ones([ids.shape[0]!, cache.length]), mask], 1);
+    }
+    try {
+      return m.forward(ids, { ...opts, cache, attentionMask: mask });
+    } finally {
+      if (own) cache.release();
+    }
+  }
+
   /**
    * Run fn with a mixed-adapter batch: row i of the batch uses adapter rowAdapters[i] (null: none).
    * Base GEMMs are shared; each row's LoRA update is gathered per row.
@@ -224,6 +263,52 @@ export class AdapterModel<M extends Module = Module> {
       }
       routing.rows.dispose();
     }
+  }
+
+  /**
+   * One forward over a batch whose rows use different adapters (null: none). Plain LoRA adapters
+   * share the base GEMMs (gathered per-row updates); other methods run their rows as groups and
+   * the results are put back in row order.
+   */
+  forwardMixed(ids: Tensor, rowAdapters: readonly (string | null)[], opts: { attentionMask?: Tensor | null } = {}): Tensor {
+    if (rowAdapters.length !== ids.shape[0]) throw new AdaptkitError(`${rowAdapters.length} row adapters for a batch of ${ids.shape[0]} rows`);
+    const names = [...new Set(rowAdapters.filter((a): a is string => a !== null))];
+    for (const n of names) if (!this.adapters.has(n)) throw new AdaptkitError(`no adapter named "${n}"`);
+    const gatherable = names.every((n) => {
+      try {
+        buildMixedDeltas([this.adapters.get(n)!], new RowRouting()).forEach((d) => { d.stackA.dispose(); d.stackB.dispose(); d.scales.dispose(); });
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    const m = this.model as unknown as { forward(ids: Tensor, o?: object): Tensor };
+    if (gatherable) return this.withRowAdapters(rowAdapters, () => m.forward(ids, opts));
+    const groups = new Map<string | null, number[]>();
+    rowAdapters.forEach((a, i) => groups.set(a, [...(groups.get(a) ?? []), i]));
+    const prev = this.activeNames;
+    const parts: Tensor[] = [];
+    const order: number[] = [];
+    try {
+      for (const [name, rows] of groups) {
+        this.setActive(name === null ? [] : [name]);
+        const idx = tensor(rows, [rows.length], { dtype: 'i32' });
+        const mask = opts.attentionMask ? indexSelect(opts.attentionMask, 0, idx) : null;
+        parts.push(this.forward(indexSelect(ids, 0, idx), { attentionMask: mask }));
+        order.push(...rows);
+      }
+    } finally {
+      this.setActive(prev);
+    }
+    const shape = parts[0]!.shape.slice(1);
+    for (const p of parts) {
+      if (p.shape.slice(1).some((d, i) => d !== shape[i])) {
+        throw new AdaptkitError('rows of this mixed batch produce outputs of different lengths (prompt-learning adapters add positions); batch them separately');
+      }
+    }
+    const inverse = new Array<number>(order.length);
+    order.forEach((row, at) => (inverse[row] = at));
+    return indexSelect(concat(parts, 0), 0, tensor(inverse, [inverse.length], { dtype: 'i32' }));
   }
 
   /** Save one adapter as adapter_config.json + adapter_model.safetensors (atomically). */
@@ -263,13 +348,16 @@ export class AdapterModel<M extends Module = Module> {
     const rawForLoad = raw.peft_type === 'LORA' ? { ...raw, init_lora_weights: true } : raw;
     const inst = this.add(name, rawForLoad);
     Object.assign(inst.config, { raw }, raw.peft_type === 'LORA' ? { init_lora_weights: raw.init_lora_weights ?? true } : {});
-    const own = inst.stateDict();
     const savedParams = new Map<string, Tensor>();
     for (const [path, m] of this.saved.get(name) ?? []) {
       for (const [k, t] of m.namedParameters()) savedParams.set(`base_model.model.${path}.${k}`, t);
     }
     try {
-      loadInto(new Map([...own, ...savedParams]), tensors, wfile);
+      const mine = new Map<string, Tensor>();
+      const theirs = new Map<string, Tensor>();
+      for (const [k, t] of tensors) (savedParams.has(k) ? theirs : mine).set(k, t);
+      inst.loadStateDict(mine, wfile);
+      if (savedParams.size) loadInto(savedParams, theirs, wfile);
     } catch (e) {
       this.delete(name);
       throw e;

@@ -1,5 +1,10 @@
 import './methods/lora.js';
 import './methods/ia3.js';
+import './methods/hydra.js';
+import './methods/bottleneck.js';
+import './methods/compacter.js';
+import './methods/prompt-tuning.js';
+import './methods/prefix-tuning.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export { registerMethod, getMethod, methodNames } from './registry.js';
@@ -11,3 +16,8 @@ export { LoraDelta, rankAndScale, type LoraConfig } from './methods/lora.js';
 export { IA3Delta, type IA3Config } from './methods/ia3.js';
 export { MixedLoraDelta, RowRouting, buildMixedDeltas } from './mixed.js';
 export { addWeightedAdapter, COMBINATIONS, type Combination, type CombineOptions } from './combine.js';
+export { HydraDelta, type HydraConfig } from './methods/hydra.js';
+export { BottleneckDelta, type BottleneckConfig } from './methods/bottleneck.js';
+export { CompacterDelta, phmWeight, type CompacterConfig } from './methods/compacter.js';
+export { PromptEmbedding, type PromptTuningConfig } from './methods/prompt-tuning.js';
+export { PrefixAdapter, type PrefixTuningConfig } from './methods/prefix-tuning.js';

@@ -40,7 +40,7 @@ function unwrap(m: Module): Module {
   return m instanceof AdaptedLayer ? m.base_layer : m;
 }
 
-export function findTargets(model: Module, config: BaseAdapterConfig, defaults: string[] | null): TargetInfo[] {
+export function findTargets(model: Module, config: BaseAdapterConfig, defaults: string[] | string | null): TargetInfo[] {
   const spec = config.target_modules ?? defaults;
   if (spec === null) throw new AdaptkitError(`${config.peft_type}: no target_modules given and the model has no default targets`);
   const all = baseModules(model);

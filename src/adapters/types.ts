@@ -84,7 +84,7 @@ export interface AdapterMethod {
   readonly kind: 'tuner' | 'prompt';
   parseConfig(raw: RawAdapterConfig, source: string): BaseAdapterConfig;
   /** Default target_modules for a model when the config has none. */
-  defaultTargets?(model: Module): string[] | null;
+  defaultTargets?(model: Module, config: BaseAdapterConfig): string[] | string | null;
   create(name: string, config: BaseAdapterConfig, targets: TargetInfo[], ctx: CreateContext): AdapterInstance;
   /** Trainable parameters this config adds to these targets (the method's formula). */
   countParameters?(config: BaseAdapterConfig, targets: TargetInfo[]): number;

@@ -50,7 +50,7 @@ export function registerAdapterCommands(program: Command): void {
       if (o.model) {
         const { model } = loadModel(await resolveModel(o.model));
         const am = new AdapterModel(model);
-        const targets = method.kind === 'tuner' ? findTargets(model, parsed, method.defaultTargets?.(model) ?? null) : [];
+        const targets = method.kind === 'tuner' ? findTargets(model, parsed, method.defaultTargets ? method.defaultTargets(model, parsed) : ((model.constructor as { defaultAdapterTargets?: string[] }).defaultAdapterTargets ?? null)) : [];
         const formula = method.countParameters ? method.countParameters(parsed, targets) : null;
         am.load(o.adapter);
         report.targets_matched = targets.length;

@@ -19,11 +19,26 @@ export class KVCache {
     const nv = pv ? concat([pv, v], 2) : v.keep();
     nk.keep();
     nv.keep();
-    if (pk && pk !== nk) pk.dispose();
-    if (pv && pv !== nv) pv.dispose();
+    // older entries still in an autodiff graph go to the enclosing tidy() scope instead
+    for (const old of [pk, pv]) {
+      if (!old || old === nk || old === nv) continue;
+      if (old.requiresGrad) old.kept = false;
+      else old.dispose();
+    }
     this.k[layer] = nk;
     this.v[layer] = nv;
     return { k: nk, v: nv };
+  }
+
+  /**
+   * Drop the cache but leave its tensors to the enclosing tidy() scope: a training step's backward
+   * pass may still need them.
+   */
+  release(): void {
+    for (const t of [...this.k, ...this.v]) if (t) t.kept = false;
+    this.k.fill(null);
+    this.v.fill(null);
+    this.length = 0;
   }
 
   dispose(): void {

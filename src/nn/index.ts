@@ -1,2 +1,2 @@
 export { Module } from './module.js';
-export { Linear, Embedding, RMSNorm, LayerNorm, type LinearLike } from './layers.js';
+export { Linear, Embedding, RMSNorm, LayerNorm, type LinearLike, type EmbeddingLike } from './layers.js';

@@ -51,6 +51,9 @@ export class Linear extends Module {
   }
 }
 
+/** An embedding lookup; `start` is the absolute position of the first id (hooks may use it). */
+export type EmbeddingLike = Module & { forward(ids: Tensor, start?: number): Tensor };
+
 export class Embedding extends Module {
   constructor(public weight: Tensor) {
     super();

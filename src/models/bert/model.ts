@@ -1,8 +1,9 @@
 /** BERT encoder (post-LayerNorm blocks, exact GELU) with the sequence-classification head. */
 import {
-  AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, squeeze, tanh, tensor, zeros,
+  AdaptkitError, type Tensor, add, attention, concat, gelu, geluTanh, narrow, permute, reshape, shapeStr, squeeze, tanh, tensor, zeros,
 } from '../../tensor/index.js';
-import { Embedding, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { keyMaskFor } from '../mask.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import type { WeightMap } from '../weights.js';
 
@@ -100,7 +101,7 @@ export class BertLayer extends Module {
 
 export class BertEmbeddings extends Module {
   constructor(
-    public word_embeddings: Embedding,
+    public word_embeddings: EmbeddingLike,
     public position_embeddings: Embedding,
     public token_type_embeddings: Embedding,
     public LayerNorm: LayerNorm,
@@ -109,10 +110,14 @@ export class BertEmbeddings extends Module {
   }
 
   forward(ids: Tensor, tokenTypes: Tensor | null): Tensor {
-    const [B, T] = ids.shape as [number, number];
+    const B = ids.shape[0]!;
+    const words = this.word_embeddings.forward(ids, 0);
+    const T = words.shape[1]!;
+    const extra = T - ids.shape[1]!;
     const pos = tensor(Array.from({ length: T }, (_, i) => i), [T], { dtype: 'i32' });
-    const types = tokenTypes ?? zeros([B, T], { dtype: 'i32' });
-    const e = add(add(this.word_embeddings.forward(ids), this.position_embeddings.forward(pos)), this.token_type_embeddings.forward(types));
+    let types = tokenTypes ?? zeros([B, ids.shape[1]!], { dtype: 'i32' });
+    if (extra > 0) types = concat([zeros([B, extra], { dtype: 'i32' }), types], 1);
+    const e = add(add(words, this.position_embeddings.forward(pos)), this.token_type_embeddings.forward(types));
     return this.LayerNorm.forward(e);
   }
 }
@@ -157,7 +162,8 @@ export class BertForSequenceClassification extends Module {
     if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`BERT: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
     if (ids.shape[1]! > this.config.maxPositions) throw new AdaptkitError(`BERT supports ${this.config.maxPositions} positions, got ${ids.shape[1]}`);
     let h = this.bert.embeddings.forward(ids, opts.tokenTypeIds ?? null);
-    for (const layer of this.bert.encoder.layer) h = layer.forward(h, opts.attentionMask ?? null);
+    const keyMask = keyMaskFor(opts.attentionMask, ids.shape[0]!, 0, ids.shape[1]!, h.shape[1]! - ids.shape[1]!);
+    for (const layer of this.bert.encoder.layer) h = layer.forward(h, keyMask);
     return h;
   }
 

@@ -2,7 +2,9 @@
 import {
   AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
 } from '../../tensor/index.js';
-import { Embedding, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { keyMaskFor } from '../mask.js';
+import { tiedWeight } from '../llama/model.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import { KVCache } from '../cache.js';
 import type { WeightMap } from '../weights.js';
@@ -49,8 +51,15 @@ interface Ctx {
 }
 
 export class GPT2Attention extends Module {
-  constructor(public c_attn: LinearLike, public c_proj: LinearLike, readonly numHeads: number, readonly layerIndex: number) {
+  constructor(
+    public c_attn: LinearLike, public c_proj: LinearLike, readonly numHeads: number, readonly layerIndex: number, readonly hidden: number,
+  ) {
     super();
+  }
+
+  /** Shape of this layer's cached keys and values (per batch row: [kvHeads, T, headDim]). */
+  kvShape(): { kvHeads: number; headDim: number } {
+    return { kvHeads: this.numHeads, headDim: this.hidden / this.numHeads };
   }
 
   forward(x: Tensor, ctx: Ctx): Tensor {
@@ -89,7 +98,7 @@ export class GPT2Block extends Module {
 }
 
 export class GPT2Model extends Module {
-  constructor(public wte: Embedding, public wpe: Embedding, public h: GPT2Block[], public ln_f: LayerNorm) {
+  constructor(public wte: EmbeddingLike, public wpe: Embedding, public h: GPT2Block[], public ln_f: LayerNorm) {
     super();
   }
 }
@@ -107,13 +116,14 @@ export class GPT2LMHeadModel extends Module {
 
   hidden(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
     if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`GPT2LMHeadModel: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
-    const T = ids.shape[1]!;
     const cache = opts.cache ?? null;
     const start = cache?.length ?? 0;
+    const tok = this.transformer.wte.forward(ids, start);
+    const T = tok.shape[1]!;
     if (start + T > this.config.maxPositions) throw new AdaptkitError(`GPT-2 supports ${this.config.maxPositions} positions, got ${start + T}`);
     const pos = tensor(Array.from({ length: T }, (_, i) => start + i), [T], { dtype: 'i32' });
-    let h = add(this.transformer.wte.forward(ids), this.transformer.wpe.forward(pos));
-    const ctx: Ctx = { cache, keyMask: opts.attentionMask ?? null };
+    let h = add(tok, this.transformer.wpe.forward(pos));
+    const ctx: Ctx = { cache, keyMask: keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!) };
     for (const block of this.transformer.h) h = block.forward(h, ctx);
     if (cache) cache.length = start + T;
     return this.transformer.ln_f.forward(h);
@@ -121,7 +131,7 @@ export class GPT2LMHeadModel extends Module {
 
   forward(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
     const h = this.hidden(ids, opts);
-    return this.lm_head ? this.lm_head.forward(h) : new Linear(this.transformer.wte.weight).forward(h);
+    return this.lm_head ? this.lm_head.forward(h) : new Linear(tiedWeight(this.transformer.wte)).forward(h);
   }
 }
 
@@ -136,7 +146,7 @@ export function buildGPT2(c: GPT2Config, w: WeightMap): GPT2LMHeadModel {
     const b = `${p}h.${l}`;
     blocks.push(new GPT2Block(
       ln(`${b}.ln_1`),
-      new GPT2Attention(conv(`${b}.attn.c_attn`, H, 3 * H), conv(`${b}.attn.c_proj`, H, H), c.numHeads, l),
+      new GPT2Attention(conv(`${b}.attn.c_attn`, H, 3 * H), conv(`${b}.attn.c_proj`, H, H), c.numHeads, l, H),
       ln(`${b}.ln_2`),
       new GPT2MLP(conv(`${b}.mlp.c_fc`, H, c.innerSize), conv(`${b}.mlp.c_proj`, c.innerSize, H), c.activation),
     ));

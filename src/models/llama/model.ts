@@ -5,7 +5,8 @@
 import {
   AdaptkitError, type Tensor, add, attention, mul, permute, reshape, rope, shapeStr, silu,
 } from '../../tensor/index.js';
-import { Embedding, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
+import { type EmbeddingLike, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
+import { keyMaskFor } from '../mask.js';
 import { KVCache } from '../cache.js';
 import type { LlamaConfig } from './config.js';
 import { type RopeTables, ropeCosSin, ropeTables } from './rope.js';
@@ -31,6 +32,11 @@ export class LlamaAttention extends Module {
     readonly layerIndex: number,
   ) {
     super();
+  }
+
+  /** Shape of this layer's cached keys and values (per batch row: [kvHeads, T, headDim]). */
+  kvShape(): { kvHeads: number; headDim: number } {
+    return { kvHeads: this.numKvHeads, headDim: this.headDim };
   }
 
   forward(x: Tensor, ctx: ForwardContext): Tensor {
@@ -72,7 +78,7 @@ export class LlamaDecoderLayer extends Module {
 }
 
 export class LlamaModel extends Module {
-  constructor(public embed_tokens: Embedding, public layers: LlamaDecoderLayer[], public norm: RMSNorm) {
+  constructor(public embed_tokens: EmbeddingLike, public layers: LlamaDecoderLayer[], public norm: RMSNorm) {
     super();
   }
 }
@@ -101,25 +107,16 @@ export class LlamaForCausalLM extends Module {
   /** Hidden states after the final norm: ids [B, T] → [B, T, hidden]. */
   hidden(ids: Tensor, opts: CausalLMForwardOptions = {}): Tensor {
     if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`LlamaForCausalLM: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
-    const T = ids.shape[1]!;
     const cache = opts.cache ?? null;
     const start = cache?.length ?? 0;
+    let h = this.model.embed_tokens.forward(ids, start);
+    const T = h.shape[1]!;
     if (this.config.ropeScaling && (this.config.ropeScaling.rope_type ?? this.config.ropeScaling.type) === 'dynamic') {
       this.rope = ropeTables({ dim: this.config.headDim, theta: this.config.ropeTheta, maxPositions: this.config.maxPositions, scaling: this.config.ropeScaling }, start + T);
     }
     const { cos, sin } = ropeCosSin(this.rope, start, T);
-    let keyMask: Tensor | null = null;
-    if (opts.attentionMask) {
-      const m = opts.attentionMask;
-      if (m.ndim !== 2 || m.shape[0] !== ids.shape[0] || (m.shape[1] !== T && m.shape[1] !== start + T)) {
-        throw new AdaptkitError(`attentionMask ${shapeStr(m.shape)} does not match ids ${shapeStr(ids.shape)} with ${start} cached positions`);
-      }
-      keyMask = m.dtype === 'f32' ? m : null;
-      if (!keyMask) throw new AdaptkitError('attentionMask must be f32 (1 = token, 0 = padding)');
-      if (m.shape[1] === T && start > 0) throw new AdaptkitError('with a cache, attentionMask must cover cached positions too');
-    }
+    const keyMask = keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!);
     const ctx: ForwardContext = { cos, sin, cache, keyMask };
-    let h = this.model.embed_tokens.forward(ids);
     for (const layer of this.model.layers) h = layer.forward(h, ctx);
     if (cache) cache.length = start + T;
     return this.model.norm.forward(h);
@@ -131,6 +128,14 @@ export class LlamaForCausalLM extends Module {
   }
 
   head(h: Tensor): Tensor {
-    return this.lm_head ? this.lm_head.forward(h) : new Linear(this.model.embed_tokens.weight).forward(h);
+    return this.lm_head ? this.lm_head.forward(h) : new Linear(tiedWeight(this.model.embed_tokens)).forward(h);
   }
+}
+
+/** The token-embedding table behind an embedding module (hooks keep the original as `base_layer`). */
+export function tiedWeight(e: EmbeddingLike): Tensor {
+  const m = e as unknown as { weight?: Tensor; base_layer?: EmbeddingLike };
+  if (m.weight) return m.weight;
+  if (m.base_layer) return tiedWeight(m.base_layer);
+  throw new AdaptkitError('the token embedding has no weight to tie the output head to');
 }

@@ -1,0 +1,120 @@
+/**
+ * Hydra (Kim et al. 2023): a parallel low-rank branch on the layer input and a sequential one on
+ * the layer output, y' = y + s_p·B_p·A_p·x + s_s·B_s·A_s·y. Both are linear, so the layer merges:
+ * W' = W + s_p·B_p·A_p + s_s·B_s·A_s·W (and b' = b + s_s·B_s·A_s·b).
+ * Keys: <path>.hydra_A.weight [r, in], hydra_B.weight [out, r], hydra_seq_A.weight [r_s, out],
+ * hydra_seq_B.weight [out, r_s]. Not a PEFT method: peft_type "HYDRA".
+ */
+import { AdaptkitError, type Tensor, add, clone, linear, matmul, mul, noGrad, parameter, rand, reshape, transpose, zeros } from '../../tensor/index.js';
+import { Linear, Module } from '../../nn/index.js';
+import { baseJson, optInt, optNumber, parseBase } from '../config.js';
+import { registerMethod } from '../registry.js';
+import { loadInto } from '../state.js';
+import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from '../types.js';
+
+export interface HydraConfig extends BaseAdapterConfig {
+  r: number;
+  lora_alpha: number;
+  seq_r: number;
+  seq_alpha: number;
+}
+
+function parse(raw: RawAdapterConfig, source: string): HydraConfig {
+  const base = parseBase(raw, 'HYDRA', source);
+  const r = optInt(raw, 'r', 8, source, 1);
+  const alpha = optNumber(raw, 'lora_alpha', r, source);
+  return { ...base, r, lora_alpha: alpha, seq_r: optInt(raw, 'seq_r', r, source, 1), seq_alpha: optNumber(raw, 'seq_alpha', alpha, source) };
+}
+
+export class HydraDelta extends Module implements LayerDelta {
+  constructor(
+    readonly adapterName: string,
+    public hydra_A: Tensor, public hydra_B: Tensor, readonly scale: number,
+    public hydra_seq_A: Tensor, public hydra_seq_B: Tensor, readonly seqScale: number,
+    readonly fanInFanOut: boolean,
+  ) {
+    super();
+  }
+
+  apply(x: Tensor, y: Tensor): Tensor {
+    const par = mul(linear(linear(x, this.hydra_A), this.hydra_B), this.scale);
+    const seq = mul(linear(linear(y, this.hydra_seq_A), this.hydra_seq_B), this.seqScale);
+    return add(add(y, par), seq);
+  }
+
+  mergeWeight(weight: Tensor): Tensor {
+    return noGrad(() => {
+      const w = this.fanInFanOut ? transpose(weight) : weight;
+      const seq = mul(matmul(this.hydra_seq_B, this.hydra_seq_A), this.seqScale);
+      const merged = add(add(w, mul(matmul(this.hydra_B, this.hydra_A), this.scale)), matmul(seq, w));
+      return clone(this.fanInFanOut ? transpose(merged) : merged);
+    });
+  }
+
+  mergeBias(bias: Tensor | null): Tensor | null {
+    if (!bias) return null;
+    return noGrad(() => {
+      const b2 = reshape(bias, [1, -1]);
+      return clone(reshape(add(b2, mul(linear(linear(b2, this.hydra_seq_A), this.hydra_seq_B), this.seqScale)), [-1]));
+    });
+  }
+}
+
+class HydraAdapter implements AdapterInstance {
+  readonly method = HYDRA;
+  readonly deltas = new Map<string, LayerDelta & Module>();
+  constructor(readonly name: string, readonly config: HydraConfig) {}
+  parameters(): Tensor[] {
+    return [...this.deltas.values()].flatMap((d) => d.parameters());
+  }
+  stateDict(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const [p, d] of this.deltas) {
+      const h = d as HydraDelta;
+      out.set(`base_model.model.${p}.hydra_A.weight`, h.hydra_A);
+      out.set(`base_model.model.${p}.hydra_B.weight`, h.hydra_B);
+      out.set(`base_model.model.${p}.hydra_seq_A.weight`, h.hydra_seq_A);
+      out.set(`base_model.model.${p}.hydra_seq_B.weight`, h.hydra_seq_B);
+    }
+    return out;
+  }
+  loadStateDict(t: Map<string, Tensor>, source: string): void {
+    loadInto(this.stateDict(), t, source);
+  }
+  configJson(): RawAdapterConfig {
+    const c = this.config;
+    return { ...baseJson(c), lora_alpha: c.lora_alpha, r: c.r, seq_alpha: c.seq_alpha, seq_r: c.seq_r };
+  }
+}
+
+export const HYDRA: AdapterMethod = {
+  peftType: 'HYDRA',
+  kind: 'tuner',
+  parseConfig: parse,
+  create(name, cfg, targets, ctx) {
+    const c = cfg as HydraConfig;
+    const inst = new HydraAdapter(name, c);
+    for (const t of targets) {
+      if (!(t.module instanceof Linear)) throw new AdaptkitError(`Hydra targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+      const inF = t.module.inFeatures;
+      const outF = t.module.outFeatures;
+      const ka = (r: number, n: number) => rand([r, n], { low: -1 / Math.sqrt(n), high: 1 / Math.sqrt(n), rng: ctx.rng });
+      inst.deltas.set(t.path, new HydraDelta(
+        name,
+        parameter(ka(c.r, inF), `${t.path}.hydra_A`), parameter(zeros([outF, c.r]), `${t.path}.hydra_B`), c.lora_alpha / c.r,
+        parameter(ka(c.seq_r, outF), `${t.path}.hydra_seq_A`), parameter(zeros([outF, c.seq_r]), `${t.path}.hydra_seq_B`), c.seq_alpha / c.seq_r,
+        t.module.fanInFanOut,
+      ));
+    }
+    return inst;
+  },
+  countParameters(cfg, targets) {
+    const c = cfg as HydraConfig;
+    return targets.reduce((n, t) => {
+      const m = t.module as Linear;
+      return n + c.r * (m.inFeatures + m.outFeatures) + c.seq_r * 2 * m.outFeatures;
+    }, 0);
+  },
+};
+
+registerMethod(HYDRA);
