@@ -280,3 +280,35 @@ describe('every method: parameter counts, mixed batches, prompt-learning definit
 });
 
 import * as adapters from '../src/adapters/index.js';
+
+describe('SVD-based LoRA initializations', () => {
+  const Q = 'model.layers.0.self_attn.q_proj';
+  const weightOf = (am: AdapterModel, path: string) => (am.model.get(path) as any).base_layer.weight as ak.Tensor;
+
+  it('PiSSA: the adapter holds the top-r singular part of W and the residual the rest (output unchanged)', () => {
+    const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
+    const W = Float64Array.from((am.model.get(Q) as any).weight.toArray());
+    const before = logits(am);
+    am.add('p', { peft_type: 'LORA', r: 3, lora_alpha: 6, init_lora_weights: 'pissa', target_modules: ['q_proj'] });
+    assertClose(logits(am), before, 'PiSSA keeps the model', 1e-5, 1e-4);
+    const d = am.adapters.get('p')!.deltas.get(Q) as unknown as adapters.LoraDelta;
+    const sBA = ak.noGrad(() => d.deltaWeight().toArray());
+    const s = ak.svd(W, 32, 32);
+    const top = new Float64Array(32 * 32);
+    for (let k = 0; k < 3; k++) for (let i = 0; i < 32; i++) for (let j = 0; j < 32; j++) top[i * 32 + j]! += s.u[i * 32 + k]! * s.s[k]! * s.v[j * 32 + k]!;
+    assertClose(sBA, top, 'sBA is the rank-3 SVD truncation of W', 1e-4, 1e-3);
+    assertClose(weightOf(am, Q).toArray(), W.map((v, i) => v - top[i]!), 'residual', 1e-4, 1e-3);
+  });
+
+  it('CorDA: covariance from calibration batches; both modes keep the model at init', () => {
+    for (const mode of ['ipm', 'kpm']) {
+      const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
+      const before = logits(am);
+      const batches = [ak.tensor([3, 9, 27, 17, 5, 1, 2, 8], [2, 4], { dtype: 'i32' }).keep()];
+      const cov = adapters.collectCovariance(am.model, { peft_type: 'LORA', target_modules: ['q_proj', 'v_proj'], exclude_modules: null, layers_to_transform: null, layers_pattern: null }, batches, (ids) => (am.model as any).forward(ids));
+      assert.equal(cov.size, 4);
+      am.add('c', { peft_type: 'LORA', r: 2, lora_alpha: 2, init_lora_weights: 'corda', corda_config: { corda_method: mode }, target_modules: ['q_proj', 'v_proj'] }, { covariance: cov });
+      assertClose(logits(am), before, `CorDA ${mode} keeps the model`, 1e-4, 1e-3);
+    }
+  });
+});

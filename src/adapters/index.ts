@@ -21,3 +21,4 @@ export { BottleneckDelta, type BottleneckConfig } from './methods/bottleneck.js'
 export { CompacterDelta, phmWeight, type CompacterConfig } from './methods/compacter.js';
 export { PromptEmbedding, type PromptTuningConfig } from './methods/prompt-tuning.js';
 export { PrefixAdapter, type PrefixTuningConfig } from './methods/prefix-tuning.js';
+export { collectCovariance } from './calibrate.js';

@@ -1,6 +1,8 @@
 /** The `adaptkit` command line. */
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../io/data.js';
 import { getBackend, nativeBackend, nativeLoadError, setBackend, type BackendName } from '../backend/index.js';
 import { AdaptkitError } from '../tensor/index.js';
 import { registerModelCommands } from './models.js';
@@ -8,7 +10,7 @@ import { registerAdapterCommands } from './adapters.js';
 import '../adapters/index.js';
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
   return pkg.version;
 }
 

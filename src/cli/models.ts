@@ -48,11 +48,12 @@ export function registerModelCommands(program: Command): void {
     .action(async (o: Record<string, string | string[] | undefined>) => {
       const path = await resolveModel(String(o.model));
       const { model } = loadModel(path);
-      if (o.adapter) new AdapterModel(model).load(String(o.adapter));
+      const am = new AdapterModel(model);
+      if (o.adapter) am.load(String(o.adapter));
       const tok = loadTokenizer(path, o.tokenizer as string | undefined, model.config.vocabSize);
       const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
       process.stdout.write(String(o.prompt ?? ''));
-      generate(model, tok, prompt, {
+      generate(am, tok, prompt, {
         maxTokens: num('max-tokens', o.maxTokens as string, 256, true),
         temperature: num('temperature', o.temperature as string, 0),
         topK: o.topK === undefined ? undefined : num('top-k', o.topK as string, 0, true),
@@ -88,7 +89,8 @@ export function registerModelCommands(program: Command): void {
     .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string; adapter?: string }) => {
       const path = await resolveModel(o.model);
       const { model } = loadModel(path);
-      if (o.adapter) new AdapterModel(model).load(o.adapter);
+      const am = new AdapterModel(model);
+      if (o.adapter) am.load(o.adapter);
       let ids: number[];
       if (o.tokenIds !== undefined) {
         ids = o.tokenIds.split(',').map((s) => Number(s.trim()));
@@ -101,7 +103,7 @@ export function registerModelCommands(program: Command): void {
         throw new AdaptkitError('score needs --text or --token-ids');
       }
       if (ids.length === 0) throw new AdaptkitError('nothing to score: no tokens');
-      console.log(JSON.stringify(scoreIds(model, ids)));
+      console.log(JSON.stringify(scoreIds(am, ids)));
     });
 }
 
@@ -115,7 +117,9 @@ export interface ScoreResult {
 /** Argmax at every position, the last position's logits, mean NLL of tokens after the first. */
 export function scoreIds(model: { forward: (ids: ReturnType<typeof tensor>) => ReturnType<typeof tensor> }, ids: number[]): ScoreResult {
   return tidy(() => noGrad(() => {
-    const logits = model.forward(tensor(ids, [1, ids.length], { dtype: 'i32' }));
+    const full = model.forward(tensor(ids, [1, ids.length], { dtype: 'i32' }));
+    // prompt-tuning adapters put virtual positions first: score the real ones
+    const logits = full.narrow(1, full.shape[1]! - ids.length, ids.length);
     const V = logits.shape[2]!;
     const flat = logits.toArray() as Float32Array;
     const lp = logSoftmax(logits).toArray() as Float32Array;
