@@ -22,20 +22,28 @@ namespace {
 
 ThreadPool& pool() { return ThreadPool::instance(); }
 
-// Split [0, n) into chunks of at least `grain` items over the pool.
+constexpr int64_t kMaxChunks = 16;
+
+// Number of chunks parallel_range splits [0, n) into. It does not depend on the thread count, so
+// chunked reductions give the same bits however many threads run them.
+int64_t chunk_count(int64_t n, int64_t grain) {
+  const int64_t c = (n + grain - 1) / std::max<int64_t>(grain, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(c, kMaxChunks));
+}
+
+// Split [0, n) into chunks of at least `grain` items over the pool. f(lo, hi, chunk): the chunk
+// index (not the thread) identifies the work, so per-chunk partial results combine in a fixed
+// order and results do not depend on scheduling.
 template <class F>
 void parallel_range(int64_t n, int64_t grain, F&& f) {
-  const int nt = pool().threads();
-  int64_t chunks = std::min<int64_t>(static_cast<int64_t>(nt) * 4, (n + grain - 1) / std::max<int64_t>(grain, 1));
-  if (chunks <= 1 || nt == 1) {
-    f(0, n, 0);
-    return;
-  }
+  const int64_t chunks = chunk_count(n, grain);
   const int64_t per = (n + chunks - 1) / chunks;
-  pool().parallel_for(static_cast<int>(chunks), [&](int c, int t) {
+  auto run = [&](int c, int) {
     const int64_t lo = c * per, hi = std::min(n, lo + per);
-    if (lo < hi) f(lo, hi, t);
-  });
+    if (lo < hi) f(lo, hi, c);
+  };
+  if (chunks <= 1) f(0, n, 0);
+  else pool().parallel_for(static_cast<int>(chunks), run);
 }
 
 inline float bits_to_float(int32_t b) {
@@ -504,7 +512,7 @@ void rmsnorm(const float* x, const float* w, int64_t rows, int64_t cols, float e
 
 void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* g, int64_t rows, int64_t cols,
                       float* dx, float* dw) {
-  const int nt = pool().threads();
+  const int nt = static_cast<int>(chunk_count(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1))));
   Partials part(nt, cols, 1);
   parallel_range(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi, int t) {
     rmsnorm_backward_rows(x, w, rstd, g, lo, hi, cols, dx, dw ? part.at(t, 0) : nullptr);
@@ -572,7 +580,7 @@ void layernorm(const float* x, const float* w, const float* b, int64_t rows, int
 
 void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* g,
                         int64_t rows, int64_t cols, float* dx, float* dw, float* db) {
-  const int nt = pool().threads();
+  const int nt = static_cast<int>(chunk_count(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1))));
   Partials part(nt, cols, 2);
   parallel_range(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi, int t) {
     layernorm_backward_rows(x, w, mean, rstd, g, lo, hi, cols, dx, dw ? part.at(t, 0) : nullptr,

@@ -1,0 +1,67 @@
+/** Examples to padded batches: ids, loss targets (-100 outside completions) and a padding mask. */
+import { type Tensor, tensor } from '../tensor/index.js';
+import { type Example, exampleLength } from './examples.js';
+
+export const IGNORE = -100;
+
+export interface Batch {
+  ids: Tensor;
+  /** targets[t] is the token after position t, or -100 where no loss applies. */
+  targets: Tensor;
+  mask: Tensor;
+  /** Tokens that carry loss. */
+  lossTokens: number;
+  tokens: number;
+}
+
+/** Right-padded batch; with `pack`, several examples share a row (up to maxLen). */
+export function collate(examples: readonly Example[], padId: number, opts: { pack?: boolean; maxLen?: number } = {}): Batch {
+  const rows: { ids: number[]; loss: boolean[] }[] = [];
+  for (const e of examples) {
+    const ids = [...e.head, ...e.body, ...e.tail, ...e.completion];
+    const loss = ids.map((_, i) => i >= ids.length - e.completion.length);
+    const last = rows[rows.length - 1];
+    if (opts.pack && opts.maxLen && last && last.ids.length + ids.length <= opts.maxLen) {
+      last.ids.push(...ids);
+      last.loss.push(...loss);
+    } else rows.push({ ids, loss });
+  }
+  const T = Math.max(...rows.map((r) => r.ids.length));
+  const B = rows.length;
+  const ids = new Int32Array(B * T).fill(padId);
+  const targets = new Int32Array(B * T).fill(IGNORE);
+  const mask = new Float32Array(B * T);
+  let lossTokens = 0;
+  let tokens = 0;
+  rows.forEach((r, b) => {
+    for (let t = 0; t < r.ids.length; t++) {
+      ids[b * T + t] = r.ids[t]!;
+      mask[b * T + t] = 1;
+      if (t + 1 < r.ids.length && r.loss[t + 1]) {
+        targets[b * T + t] = r.ids[t + 1]!;
+        lossTokens++;
+      }
+    }
+    tokens += r.ids.length;
+  });
+  return { ids: tensor(ids, [B, T]), targets: tensor(targets, [B, T]), mask: tensor(mask, [B, T]), lossTokens, tokens };
+}
+
+/**
+ * Batches of indices for one epoch: shuffled, and with bucketing, grouped by similar length
+ * (sorted within windows of 50 batches, then the batches shuffled) to waste less padding.
+ */
+export function epochBatches(examples: readonly Example[], batchSize: number, order: readonly number[], bucket: boolean): number[][] {
+  const idx = [...order];
+  if (bucket) {
+    const win = batchSize * 50;
+    for (let s = 0; s < idx.length; s += win) {
+      const part = idx.slice(s, s + win).sort((a, b) => exampleLength(examples[a]!) - exampleLength(examples[b]!));
+      idx.splice(s, part.length, ...part);
+    }
+  }
+  const out: number[][] = [];
+  for (let s = 0; s + batchSize <= idx.length; s += batchSize) out.push(idx.slice(s, s + batchSize));
+  if (out.length === 0 && idx.length > 0) out.push(idx);
+  return out;
+}

@@ -1,0 +1,99 @@
+/**
+ * Records to token examples. An example is head + body + tail + completion: the loss covers the
+ * completion only, and only the body (the free text) is cut when an example is too long.
+ */
+import { AdaptkitError, Rng } from '../tensor/index.js';
+import type { Tokenizer } from '../models/tokenizer.js';
+import { applyChatTemplate } from '../io/chat-template.js';
+import type { DataRecord } from './data.js';
+
+export interface Example {
+  head: number[];
+  body: number[];
+  tail: number[];
+  completion: number[];
+  /** The label of a classification record. */
+  label?: string;
+}
+
+export interface TemplateOptions {
+  /** Text after a classification input, before the label (default "\nLabel:"). */
+  labelCue?: string;
+  /** Put EOS after completions (default true when the tokenizer has one). */
+  eos?: boolean;
+  chatTemplate?: string | null;
+  bosToken?: string;
+  eosToken?: string;
+}
+
+function body(tok: Tokenizer, text: string): number[] {
+  return tok.encode(text, { bos: false });
+}
+
+/** Token ids of `suffix` as it reads after `prefix` (BPE may join across the boundary). */
+function after(tok: Tokenizer, prefix: string, suffix: string): number[] {
+  const a = tok.encode(prefix, { bos: false });
+  const b = tok.encode(prefix + suffix, { bos: false });
+  let i = 0;
+  while (i < a.length && a[i] === b[i]) i++;
+  return i === a.length ? b.slice(i) : tok.encode(suffix, { bos: false });
+}
+
+export function toExample(r: DataRecord, tok: Tokenizer, o: TemplateOptions = {}): Example {
+  const head = tok.bosId !== null ? [tok.bosId] : [];
+  const eos = (o.eos ?? true) && tok.eosId !== null ? [tok.eosId] : [];
+  switch (r.kind) {
+    case 'completion':
+      return { head, body: body(tok, r.prompt), tail: [], completion: [...after(tok, r.prompt, r.completion), ...eos] };
+    case 'text':
+      return { head, body: [], tail: [], completion: [...body(tok, r.text), ...eos] };
+    case 'label': {
+      const cue = o.labelCue ?? '\nLabel:';
+      return { head, body: body(tok, r.text), tail: after(tok, r.text, cue), completion: after(tok, r.text + cue, ` ${r.label}`), label: r.label };
+    }
+    case 'chat': {
+      if (!o.chatTemplate) throw new AdaptkitError('chat records need a model with a chat template (tokenizer_config.json "chat_template")');
+      const opts = { bosToken: o.bosToken, eosToken: o.eosToken };
+      const prompt = applyChatTemplate(o.chatTemplate, r.messages.slice(0, -1), { ...opts, addGenerationPrompt: true });
+      const full = applyChatTemplate(o.chatTemplate, r.messages, opts);
+      if (!full.startsWith(prompt)) throw new AdaptkitError('the chat template does not render the conversation as prompt + reply');
+      return { head: [], body: [], tail: tok.encode(prompt, { bos: false }), completion: after(tok, prompt, full.slice(prompt.length)) };
+    }
+  }
+}
+
+export function exampleLength(e: Example): number {
+  return e.head.length + e.body.length + e.tail.length + e.completion.length;
+}
+
+export interface FitResult {
+  examples: Example[];
+  truncated: number;
+}
+
+/** Cut bodies so that every example fits maxLen; an example whose fixed parts do not fit is an error. */
+export function fitExamples(examples: readonly Example[], maxLen: number, allowTruncate: boolean, source = 'data'): FitResult {
+  let truncated = 0;
+  const out = examples.map((e, i) => {
+    const len = exampleLength(e);
+    if (len <= maxLen) return e;
+    if (!allowTruncate) throw new AdaptkitError(`${source}: example ${i + 1} has ${len} tokens, more than the context of ${maxLen} (allow truncation or raise --seq-len)`);
+    const fixed = len - e.body.length;
+    if (fixed > maxLen) throw new AdaptkitError(`${source}: example ${i + 1} needs ${fixed} tokens besides its text, more than the context of ${maxLen}`);
+    truncated++;
+    return { ...e, body: e.body.slice(0, maxLen - fixed) };
+  });
+  return { examples: out, truncated };
+}
+
+/** Shuffled train/validation split (deterministic for a seed). */
+export function splitExamples<T>(items: readonly T[], validation: number, seed: number): { train: T[]; validation: T[] } {
+  const idx = Array.from(items.keys());
+  const rng = new Rng(seed);
+  for (let i = idx.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [idx[i], idx[j]] = [idx[j]!, idx[i]!];
+  }
+  const n = validation < 1 ? Math.round(validation * items.length) : Math.min(items.length, Math.floor(validation));
+  return { validation: idx.slice(0, n).map((i) => items[i]!), train: idx.slice(n).map((i) => items[i]!) };
+}
