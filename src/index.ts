@@ -9,5 +9,7 @@ export * from './backend/index.js';
 export * from './nn/index.js';
 export * from './io/index.js';
 export * from './models/index.js';
+export * from './adapters/index.js';
 
 getBackend();
+export * from './train/index.js';

@@ -165,6 +165,9 @@ export class AdapterModel<M extends Module = Module> {
     }
     for (const [path, deltas] of byPath) {
       const orig = this.model.get(path);
+      if (orig instanceof AdaptedLayer) {
+        throw new AdaptkitError(`"${path}" already carries adapters of another AdapterModel on this model; use one AdapterModel per model (or deactivate the other)`);
+      }
       this.originals.set(path, orig);
       const base = residual.get(path)?.layer ?? orig;
       this.setAt(path, new AdaptedLayer(base as Linear, deltas));

@@ -7,6 +7,7 @@ import { getBackend, nativeBackend, nativeLoadError, setBackend, type BackendNam
 import { AdaptkitError } from '../tensor/index.js';
 import { registerModelCommands } from './models.js';
 import { registerAdapterCommands } from './adapters.js';
+import { registerTrainCommands } from './train.js';
 import '../adapters/index.js';
 
 function version(): string {
@@ -61,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
 
   registerModelCommands(program);
   registerAdapterCommands(program);
+  registerTrainCommands(program);
 
   const bench = program.command('bench').description('benchmarks that print one JSON object per line');
   bench

@@ -73,6 +73,11 @@ export function jsonRecord(obj: unknown): DataRecord | string {
     if (o.completion.length === 0) return '"completion" is empty';
     return { kind: 'completion', prompt: o.prompt, completion: o.completion };
   }
+  if ('question' in o && 'answer' in o) {
+    // question/answer sets (GSM8K): the answer is the completion
+    if (!isStr(o.question) || !isStr(o.answer)) return '"question" and "answer" must both be strings';
+    return { kind: 'completion', prompt: `${o.question}\n`, completion: o.answer };
+  }
   if ('messages' in o) {
     const m = o.messages;
     if (!Array.isArray(m) || m.length === 0 || !m.every((x) => x && isStr((x as ChatMessage).role) && isStr((x as ChatMessage).content))) {
@@ -90,7 +95,7 @@ export function jsonRecord(obj: unknown): DataRecord | string {
     if (!isStr(o.text) || o.text.length === 0) return '"text" must be a non-empty string';
     return { kind: 'text', text: o.text };
   }
-  return 'expected "prompt"/"completion", "messages", "text" or "text"/"label" keys';
+  return 'expected "prompt"/"completion", "question"/"answer", "messages", "text" or "text"/"label" keys';
 }
 
 /** Split one CSV line (RFC 4180 quoting) or TSV line. */

@@ -78,10 +78,13 @@ export function fitExamples(examples: readonly Example[], maxLen: number, allowT
     const len = exampleLength(e);
     if (len <= maxLen) return e;
     if (!allowTruncate) throw new AdaptkitError(`${source}: example ${i + 1} has ${len} tokens, more than the context of ${maxLen} (allow truncation or raise --seq-len)`);
-    const fixed = len - e.body.length;
-    if (fixed > maxLen) throw new AdaptkitError(`${source}: example ${i + 1} needs ${fixed} tokens besides its text, more than the context of ${maxLen}`);
     truncated++;
-    return { ...e, body: e.body.slice(0, maxLen - fixed) };
+    const fixed = len - e.body.length;
+    if (fixed <= maxLen) return { ...e, body: e.body.slice(0, maxLen - fixed) };
+    // the body alone cannot make room: cut the completion's end too (plain-text examples)
+    const room = maxLen - e.head.length - e.tail.length;
+    if (room < 1) throw new AdaptkitError(`${source}: example ${i + 1} needs ${e.head.length + e.tail.length} tokens before its completion, more than the context of ${maxLen}`);
+    return { ...e, body: [], completion: e.completion.slice(0, room) };
   });
   return { examples: out, truncated };
 }

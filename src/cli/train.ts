@@ -1,0 +1,213 @@
+/** CLI commands for training: train, eval, plot, demo. */
+import type { Command } from 'commander';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { AdaptkitError } from '../tensor/index.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { AdapterModel } from '../adapters/index.js';
+import { loadModel, loadTokenizer } from '../models/load.js';
+import { readRecords, type ReadOptions } from '../train/data.js';
+import { type Example, fitExamples, splitExamples, toExample } from '../train/examples.js';
+import { evaluateLoss, labelAccuracy } from '../train/evaluate.js';
+import { plotMetrics } from '../train/plot.js';
+import { makeProgress } from '../train/progress.js';
+import { METHODS, type MethodName, labelFirstTokens, runTraining } from '../train/run.js';
+import { type DemoTask, runDemo } from '../train/demo.js';
+import type { ScheduleName } from '../train/schedule.js';
+import { resolveModel } from './models.js';
+
+function int(name: string, v: string, min = 0): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new AdaptkitError(`--${name} must be an integer >= ${min}, got "${v}"`);
+  return n;
+}
+
+function num(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new AdaptkitError(`--${name} must be a number, got "${v}"`);
+  return n;
+}
+
+interface DataFlags {
+  data: string;
+  format?: string;
+  textColumn?: string;
+  labelColumn?: string;
+  completionColumn?: string;
+  noHeader?: boolean;
+  skipBadLines?: boolean;
+  seqLen: string;
+  truncate: boolean;
+  labelCue?: string;
+}
+
+function addDataOptions(c: Command): Command {
+  return c
+    .requiredOption('--data <file>', 'JSONL ({"prompt","completion"}, {"messages"}, {"text"}, {"text","label"}, {"question","answer"}) or CSV/TSV')
+    .option('--format <f>', 'jsonl, csv or tsv (default: from the file extension)')
+    .option('--text-column <c>', 'CSV/TSV column with the text (name or index)')
+    .option('--label-column <c>', 'CSV/TSV column with a label (classification as label words)')
+    .option('--completion-column <c>', 'CSV/TSV column with a completion for the text column')
+    .option('--no-header', 'CSV/TSV without a header line')
+    .option('--skip-bad-lines', 'skip (and count) malformed lines instead of stopping at the first')
+    .option('--seq-len <n>', 'longest sequence in tokens', '256')
+    .option('--no-truncate', 'fail on examples longer than --seq-len instead of cutting them (with a warning)')
+    .option('--label-cue <text>', 'text between a classification input and its label', '\nLabel:');
+}
+
+function loadExamples(f: DataFlags, tok: Parameters<typeof toExample>[1], chat: { template: string | null }): { examples: Example[]; labels: string[] } {
+  if (f.format && !['jsonl', 'csv', 'tsv'].includes(f.format)) throw new AdaptkitError(`--format must be jsonl, csv or tsv, got "${f.format}"`);
+  const ro: ReadOptions = {
+    format: f.format as ReadOptions['format'], textColumn: f.textColumn, labelColumn: f.labelColumn,
+    completionColumn: f.completionColumn, header: !f.noHeader, skipBadLines: f.skipBadLines,
+  };
+  const { records, skipped, skippedReasons } = readRecords(f.data, ro);
+  if (skipped) process.stderr.write(`adaptkit: skipped ${skipped} bad line(s) of ${f.data}, e.g. ${skippedReasons[0]}\n`);
+  const ex = records.map((r) => toExample(r, tok, { labelCue: f.labelCue, chatTemplate: chat.template }));
+  const { examples, truncated } = fitExamples(ex, int('seq-len', f.seqLen, 2), f.truncate, f.data);
+  if (truncated) process.stderr.write(`adaptkit: warning: ${truncated} example(s) longer than ${f.seqLen} tokens were truncated (--no-truncate makes this an error)\n`);
+  const labels = [...new Set(examples.map((e) => e.label).filter((l): l is string => l !== undefined))].sort();
+  return { examples, labels };
+}
+
+export function registerTrainCommands(program: Command): void {
+  addDataOptions(program.command('train').description('train an adapter (or the whole model) and save it in PEFT format'))
+    .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
+    .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
+    .option('--method <m>', `${METHODS.join(', ')}`, 'lora')
+    .option('--r <n>', 'LoRA / Hydra rank', '8')
+    .option('--alpha <a>', 'LoRA alpha (default 2r)')
+    .option('--dropout <p>', 'LoRA dropout', '0')
+    .option('--targets <list>', 'target modules: comma-separated names, or all-linear')
+    .option('--virtual-tokens <n>', 'prompt / prefix tuning length', '20')
+    .option('--reduction-factor <n>', 'bottleneck / Compacter reduction factor', '4')
+    .option('--adapter-config <file>', 'a PEFT adapter_config.json to train with instead of the method options')
+    .requiredOption('--out <dir>', 'run folder (checkpoints, metrics, curves, final adapter)')
+    .option('--overwrite', 'replace a run already in --out')
+    .option('--resume', 'continue the run in --out from its last checkpoint')
+    .option('--steps <n>', 'optimizer steps', '100')
+    .option('--batch-size <n>', 'examples per micro-batch', '16')
+    .option('--grad-accum <n>', 'micro-batches per step', '1')
+    .option('--lr <x>', 'peak learning rate', '1e-3')
+    .option('--schedule <s>', 'constant, linear or cosine', 'cosine')
+    .option('--warmup <n>', 'linear warmup steps', '0')
+    .option('--optimizer <o>', 'adamw or sgd', 'adamw')
+    .option('--weight-decay <x>', 'decoupled weight decay (AdamW) or L2 (SGD)', '0')
+    .option('--momentum <x>', 'SGD momentum', '0.9')
+    .option('--max-grad-norm <x>', 'clip gradients to this global norm (0: off)', '1')
+    .option('--val-split <x>', 'validation fraction (<1) or count', '0.1')
+    .option('--eval-every <n>', 'evaluate every N steps (0: at the end only)', '0')
+    .option('--early-stopping <n>', 'stop after N evaluations without improvement', '0')
+    .option('--checkpoint-every <n>', 'checkpoint every N steps', '50')
+    .option('--keep-checkpoints <n>', 'checkpoints to keep', '2')
+    .option('--bucket', 'group examples of similar length into batches')
+    .option('--pack', 'pack several examples into each row')
+    .option('--seed <n>', 'seed for data order, initialization and dropout', '0')
+    .option('--json', 'JSON-lines metrics even on a terminal')
+    .action(async (o: Record<string, string | boolean | undefined> & DataFlags) => {
+      if (!METHODS.includes(o.method as MethodName)) throw new AdaptkitError(`--method must be one of ${METHODS.join(', ')}, got "${o.method}"`);
+      const sched = String(o.schedule);
+      if (!['constant', 'linear', 'cosine'].includes(sched)) throw new AdaptkitError(`--schedule must be constant, linear or cosine, got "${sched}"`);
+      if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new AdaptkitError(`--optimizer must be adamw or sgd, got "${o.optimizer}"`);
+      const modelPath = await resolveModel(String(o.model));
+      const { model } = loadModel(modelPath);
+      const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
+      const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
+      const { examples, labels } = loadExamples(o, tok, chat);
+      const seed = int('seed', String(o.seed));
+      const val = num('val-split', String(o.valSplit));
+      const { train, validation } = val > 0 ? splitExamples(examples, val, seed) : { train: examples, validation: [] };
+      if (train.length === 0) throw new AdaptkitError('no training examples left after the validation split');
+      if (labels.length) {
+        const seen = new Set(train.map((e) => e.label));
+        const unseen = labels.filter((l) => !seen.has(l));
+        if (unseen.length) throw new AdaptkitError(`label(s) ${unseen.join(', ')} appear only in the validation split; add training examples for them`);
+      }
+      const steps = int('steps', String(o.steps), 1);
+      const methodOptions = {
+        r: int('r', String(o.r), 1), alpha: o.alpha === undefined ? undefined : num('alpha', String(o.alpha)),
+        dropout: num('dropout', String(o.dropout)),
+        targets: o.targets === undefined ? undefined : String(o.targets) === 'all-linear' ? 'all-linear' : String(o.targets).split(','),
+        virtualTokens: int('virtual-tokens', String(o.virtualTokens), 1), reductionFactor: num('reduction-factor', String(o.reductionFactor)),
+        config: o.adapterConfig ? JSON.parse((await import('node:fs')).readFileSync(String(o.adapterConfig), 'utf8')) as Record<string, unknown> : undefined,
+      };
+      const config = {
+        steps, batchSize: int('batch-size', String(o.batchSize), 1), gradAccum: int('grad-accum', String(o.gradAccum), 1),
+        lr: num('lr', String(o.lr)), schedule: sched as ScheduleName, warmupSteps: int('warmup', String(o.warmup)),
+        optimizer: o.optimizer as 'adamw' | 'sgd', weightDecay: num('weight-decay', String(o.weightDecay)), momentum: num('momentum', String(o.momentum)),
+        maxGradNorm: num('max-grad-norm', String(o.maxGradNorm)), seed,
+        evalEvery: int('eval-every', String(o.evalEvery)) || (validation.length ? steps : 0),
+        earlyStoppingPatience: int('early-stopping', String(o.earlyStopping)),
+        checkpointEvery: int('checkpoint-every', String(o.checkpointEvery)), keepCheckpoints: int('keep-checkpoints', String(o.keepCheckpoints), 1),
+        bucket: !!o.bucket, pack: !!o.pack, maxLen: int('seq-len', o.seqLen, 2),
+      };
+      const identity = { model: String(o.model), data: o.data, method: o.method, methodOptions, config: { ...config } };
+      const r = runTraining({
+        model, tokenizer: tok, method: o.method as MethodName, methodOptions, train, validation, outDir: String(o.out),
+        config, resume: !!o.resume, overwrite: !!o.overwrite, labels: labels.length ? labels : undefined,
+        progress: makeProgress(steps, { json: !!o.json }), identity,
+      });
+      process.stderr.write(`adaptkit: trained ${r.result.steps} steps in ${r.result.seconds.toFixed(1)} s; adapter in ${r.adapterDir}, curves in ${join(String(o.out), 'curves.svg')}\n`);
+      if (r.report.final_eval) process.stderr.write(`adaptkit: final evaluation ${JSON.stringify(r.report.final_eval)}\n`);
+    });
+
+  addDataOptions(program.command('eval').description('loss / perplexity (and label accuracy) of a model with an optional adapter on a data file'))
+    .requiredOption('--model <path>', 'base model')
+    .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
+    .option('--adapter <dir>', 'PEFT adapter folder')
+    .option('--batch-size <n>', 'examples per batch', '16')
+    .option('--json', 'print JSON')
+    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean }) => {
+      const modelPath = await resolveModel(o.model);
+      const { model } = loadModel(modelPath);
+      const tok = loadTokenizer(modelPath, o.tokenizer, model.config.vocabSize);
+      const am = new AdapterModel(model);
+      if (o.adapter) am.load(o.adapter);
+      const { examples, labels } = loadExamples(o, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null });
+      const pad = tok.eosId ?? 0;
+      const l = evaluateLoss(am, examples, pad, int('batch-size', o.batchSize, 1));
+      const out: Record<string, number> = { examples: examples.length, loss: l.loss, perplexity: l.perplexity, tokens: l.tokens };
+      if (labels.length > 1) out.accuracy = labelAccuracy(am, examples, labelFirstTokens(examples, labels), pad).accuracy;
+      if (o.json) console.log(JSON.stringify(out));
+      else for (const [k, v] of Object.entries(out)) console.log(`${k}: ${v}`);
+    });
+
+  program
+    .command('plot')
+    .description('render the loss and metric curves of a run folder to an SVG')
+    .argument('<run-dir>', 'a folder written by adaptkit train')
+    .option('--out <file>', 'SVG file (default: RUN_DIR/curves.svg)')
+    .action((dir: string, o: { out?: string }) => {
+      const m = join(dir, 'metrics.jsonl');
+      if (!existsSync(m)) throw new AdaptkitError(`${dir}: no metrics.jsonl (is it a run folder?)`);
+      const out = o.out ?? join(dir, 'curves.svg');
+      writeFileAtomic(out, Buffer.from(plotMetrics(m, dir)));
+      console.log(`wrote ${out}`);
+    });
+
+  program
+    .command('demo')
+    .description('adapt the stories260K model to SMS spam (default) or GSM8K and show the gain')
+    .argument('[task]', 'sms or gsm8k', 'sms')
+    .option('--data-dir <dir>', 'offline data folder (default $ADAPTKIT_DATA or ../shared/data)')
+    .option('--out <dir>', 'run folder', '')
+    .option('--steps <n>', 'training steps (default 150 for sms, 80 for gsm8k)')
+    .option('--seed <n>', 'seed', '0')
+    .option('--json', 'JSON-lines progress and a final JSON line')
+    .action((task: string, o: { dataDir?: string; out: string; steps?: string; seed: string; json?: boolean }) => {
+      if (task !== 'sms' && task !== 'gsm8k') throw new AdaptkitError(`demo task must be sms or gsm8k, got "${task}"`);
+      const steps = o.steps === undefined ? (task === 'sms' ? 150 : 80) : int('steps', o.steps, 1);
+      const out = o.out || join('runs', `demo-${task}`);
+      if (existsSync(out) && !statSync(out).isDirectory()) throw new AdaptkitError(`${out} is not a folder`);
+      const r = runDemo({ task: task as DemoTask, dataDir: o.dataDir, outDir: out, steps, seed: int('seed', o.seed), progress: makeProgress(steps, { json: !!o.json }) });
+      if (o.json) {
+        console.log(JSON.stringify({ task: r.task, before: r.before, after: r.after, seconds: r.seconds, adapter_dir: r.adapter_dir }));
+        return;
+      }
+      const fmt = (v: number) => (r.metric === 'accuracy' ? v.toFixed(3) : `${v.toFixed(3)} nats/token`);
+      console.log(`\n${task === 'sms' ? 'SMS spam, 1,000 held-out messages' : 'GSM8K, held-out questions'} (stories260K + LoRA r=8, ${steps} steps)`);
+      console.log(`  ${r.metric.padEnd(14)} before  ${fmt(r.before)}`);
+      console.log(`  ${''.padEnd(14)} after   ${fmt(r.after)}`);
+      console.log(`  time ${r.seconds.toFixed(1)} s; adapter: ${r.adapter_dir}; curves: ${join(out, 'curves.svg')}`);
+    });
+}

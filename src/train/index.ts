@@ -1,0 +1,11 @@
+export { AdamW, SGD, clipGradNorm, type Optimizer, type OptimizerState } from './optim.js';
+export { lrFactor, type ScheduleName } from './schedule.js';
+export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type ReadOptions } from './data.js';
+export { toExample, fitExamples, splitExamples, exampleLength, type Example } from './examples.js';
+export { collate, epochBatches, IGNORE, type Batch } from './batch.js';
+export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss } from './evaluate.js';
+export { Trainer, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type StepMetrics, type EvalMetrics } from './trainer.js';
+export { saveCheckpoint, loadCheckpoint, listCheckpoints } from './checkpoint.js';
+export { runTraining, methodConfig, METHODS, type MethodName } from './run.js';
+export { runDemo, type DemoResult } from './demo.js';
+export { plotMetrics } from './plot.js';

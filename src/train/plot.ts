@@ -1,0 +1,83 @@
+/** Training curves as a standalone SVG: train loss (and eval loss) per step, and eval metrics. */
+import { readFileSync } from 'node:fs';
+import { AdaptkitError } from '../tensor/index.js';
+
+interface Series {
+  name: string;
+  color: string;
+  points: [number, number][];
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function panel(title: string, series: Series[], x0: number, y0: number, w: number, h: number): string {
+  const pts = series.flatMap((s) => s.points);
+  if (pts.length === 0) return '';
+  const xs = pts.map((p) => p[0]);
+  const ys = pts.map((p) => p[1]).filter(Number.isFinite);
+  const [xmin, xmax] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  let [ymin, ymax] = [Math.min(...ys), Math.max(...ys)];
+  if (ymin === ymax) [ymin, ymax] = [ymin - 1, ymax + 1];
+  const pad = 0.05 * (ymax - ymin);
+  ymin -= pad;
+  ymax += pad;
+  const L = 56, R = 12, T = 28, B = 34;
+  const sx = (x: number) => x0 + L + ((x - xmin) / (xmax - xmin)) * (w - L - R);
+  const sy = (y: number) => y0 + T + (1 - (y - ymin) / (ymax - ymin)) * (h - T - B);
+  let out = `<text x="${x0 + w / 2}" y="${y0 + 18}" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`;
+  out += `<rect x="${x0 + L}" y="${y0 + T}" width="${w - L - R}" height="${h - T - B}" fill="none" stroke="#999"/>`;
+  for (let i = 0; i <= 4; i++) {
+    const y = ymin + ((ymax - ymin) * i) / 4;
+    out += `<line x1="${x0 + L}" x2="${x0 + w - R}" y1="${sy(y)}" y2="${sy(y)}" stroke="#eee"/>`;
+    out += `<text x="${x0 + L - 6}" y="${sy(y) + 4}" text-anchor="end" font-size="11">${y.toPrecision(3)}</text>`;
+    const x = xmin + ((xmax - xmin) * i) / 4;
+    out += `<text x="${sx(x)}" y="${y0 + h - B + 16}" text-anchor="middle" font-size="11">${Math.round(x)}</text>`;
+  }
+  out += `<text x="${x0 + L + (w - L - R) / 2}" y="${y0 + h - 4}" text-anchor="middle" font-size="11">step</text>`;
+  series.forEach((s, i) => {
+    const ok = s.points.filter((p) => Number.isFinite(p[1]));
+    if (ok.length === 0) return;
+    const d = ok.map((p, j) => `${j ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join('');
+    out += `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8"/>`;
+    if (ok.length < 40) for (const p of ok) out += `<circle cx="${sx(p[0])}" cy="${sy(p[1])}" r="2.5" fill="${s.color}"/>`;
+    out += `<rect x="${x0 + w - R - 130}" y="${y0 + T + 8 + i * 16}" width="10" height="10" fill="${s.color}"/>`;
+    out += `<text x="${x0 + w - R - 115}" y="${y0 + T + 17 + i * 16}" font-size="11">${esc(s.name)}</text>`;
+  });
+  return out;
+}
+
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e'];
+
+/** SVG of the curves in a metrics.jsonl file. */
+export function plotMetrics(metricsPath: string, title = 'training'): string {
+  let lines: Record<string, unknown>[];
+  try {
+    lines = readFileSync(metricsPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  } catch (e) {
+    throw new AdaptkitError(`${metricsPath}: cannot read metrics (${(e as Error).message})`);
+  }
+  const train = lines.filter((l) => l.kind === 'train');
+  const evals = lines.filter((l) => l.kind === 'eval');
+  // smooth the train loss a little so the trend shows through batch noise
+  let ema = NaN;
+  const smooth = train.map((l) => {
+    const v = Number(l.loss);
+    ema = Number.isNaN(ema) ? v : 0.8 * ema + 0.2 * v;
+    return [Number(l.step), ema] as [number, number];
+  });
+  const lossSeries: Series[] = [
+    { name: 'train loss (raw)', color: '#aec7e8', points: train.map((l) => [Number(l.step), Number(l.loss)]) },
+    { name: 'train loss (EMA)', color: COLORS[0]!, points: smooth },
+  ];
+  if (evals.some((e) => 'loss' in e)) lossSeries.push({ name: 'eval loss', color: COLORS[1]!, points: evals.map((e) => [Number(e.step), Number(e.loss)]) });
+  const metricKeys = [...new Set(evals.flatMap((e) => Object.keys(e)))].filter((k) => !['kind', 'step', 'loss', 'perplexity'].includes(k));
+  const metricSeries = metricKeys.map((k, i) => ({ name: k, color: COLORS[(i + 2) % COLORS.length]!, points: evals.filter((e) => k in e).map((e) => [Number(e.step), Number(e[k])] as [number, number]) }));
+  const W = 760;
+  const H = 300;
+  const panels = [panel(`${title}: loss`, lossSeries, 0, 0, W, H)];
+  if (metricSeries.length) panels.push(panel(`${title}: eval metrics`, metricSeries, 0, H, W, H));
+  const height = H * panels.length;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${height}" viewBox="0 0 ${W} ${height}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>${panels.join('')}</svg>\n`;
+}

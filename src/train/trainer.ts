@@ -1,0 +1,214 @@
+/**
+ * The training loop: shuffled (optionally length-bucketed or packed) batches, gradient
+ * accumulation, global-norm clipping, AdamW or SGD with a warmup + decay schedule, evaluation
+ * every N steps with early stopping, and crash-safe checkpoints from which `resume` continues
+ * bit-identically (weights, optimizer state, RNG states and the data position are all restored).
+ */
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AdaptkitError, Rng, type Tensor, defaultRng, tidy } from '../tensor/index.js';
+import { collate, epochBatches } from './batch.js';
+import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { type Example } from './examples.js';
+import { type TrainableLM, batchLoss } from './evaluate.js';
+import { AdamW, type Optimizer, SGD, clipGradNorm } from './optim.js';
+import { type ScheduleName, lrFactor } from './schedule.js';
+
+export interface TrainConfig {
+  steps: number;
+  batchSize: number;
+  gradAccum: number;
+  lr: number;
+  schedule: ScheduleName;
+  warmupSteps: number;
+  optimizer: 'adamw' | 'sgd';
+  weightDecay: number;
+  momentum: number;
+  maxGradNorm: number;
+  seed: number;
+  evalEvery: number;
+  /** Stop after this many evaluations without improvement (0: never). */
+  earlyStoppingPatience: number;
+  checkpointEvery: number;
+  keepCheckpoints: number;
+  bucket: boolean;
+  pack: boolean;
+  maxLen: number;
+}
+
+export const DEFAULT_TRAIN: TrainConfig = {
+  steps: 100, batchSize: 16, gradAccum: 1, lr: 1e-3, schedule: 'cosine', warmupSteps: 0, optimizer: 'adamw',
+  weightDecay: 0, momentum: 0.9, maxGradNorm: 1, seed: 0, evalEvery: 0, earlyStoppingPatience: 0,
+  checkpointEvery: 0, keepCheckpoints: 2, bucket: false, pack: false, maxLen: 512,
+};
+
+export interface StepMetrics {
+  kind: 'train';
+  step: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens: number;
+  tokens_per_s: number;
+  elapsed_s: number;
+}
+
+export interface EvalMetrics {
+  kind: 'eval';
+  step: number;
+  [metric: string]: number | string;
+}
+
+export interface TrainerHooks {
+  /** Evaluation run every evalEvery steps; its first key is the one early stopping watches (lower is better unless named accuracy/exact_match). */
+  evaluate?: () => Record<string, number>;
+  onStep?: (m: StepMetrics) => void;
+  onEval?: (m: EvalMetrics) => void;
+  /** Write the trainable weights into a checkpoint folder. */
+  saveWeights: (dir: string) => void;
+  /** Read them back from a checkpoint folder. */
+  loadWeights: (dir: string) => void;
+}
+
+export interface TrainResult {
+  steps: number;
+  history: (StepMetrics | EvalMetrics)[];
+  stoppedEarly: boolean;
+  seconds: number;
+}
+
+function higherIsBetter(key: string): boolean {
+  return /accuracy|exact_match|f1/.test(key);
+}
+
+export class Trainer {
+  readonly optim: Optimizer;
+  private history: (StepMetrics | EvalMetrics)[] = [];
+
+  constructor(
+    readonly model: TrainableLM,
+    readonly params: Tensor[],
+    readonly data: readonly Example[],
+    readonly padId: number,
+    readonly cfg: TrainConfig,
+    readonly runDir: string,
+    readonly hooks: TrainerHooks,
+  ) {
+    if (data.length === 0) throw new AdaptkitError('no training examples');
+    if (cfg.steps < 1 || cfg.batchSize < 1 || cfg.gradAccum < 1) throw new AdaptkitError('steps, batch size and gradient accumulation must be at least 1');
+    this.optim = cfg.optimizer === 'sgd'
+      ? new SGD(params, { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay })
+      : new AdamW(params, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+  }
+
+  /** The shuffled batch list of an epoch (a pure function of seed and epoch, so resume replays it). */
+  private epoch(e: number): number[][] {
+    const rng = new Rng(this.cfg.seed * 1000003 + e);
+    const order = Array.from(this.data.keys());
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    const per = this.cfg.pack ? Math.max(1, this.cfg.batchSize * 4) : this.cfg.batchSize;
+    const batches = epochBatches(this.data, per, order, this.cfg.bucket);
+    if (this.cfg.bucket) {
+      for (let i = batches.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [batches[i], batches[j]] = [batches[j]!, batches[i]!];
+      }
+    }
+    return batches;
+  }
+
+  private log(m: StepMetrics | EvalMetrics): void {
+    this.history.push(m);
+    appendFileSync(join(this.runDir, 'metrics.jsonl'), `${JSON.stringify(m)}\n`);
+  }
+
+  run(opts: { resume?: boolean; stopAfter?: number } = {}): TrainResult {
+    const c = this.cfg;
+    mkdirSync(this.runDir, { recursive: true });
+    let step = 0;
+    let epoch = 0;
+    let batchIdx = 0;
+    let best = NaN;
+    let badEvals = 0;
+    let stoppedEarly = false;
+    if (opts.resume && listCheckpoints(this.runDir).length > 0) {
+      const ck = loadCheckpoint(this.runDir);
+      this.hooks.loadWeights(ck.dir);
+      this.optim.loadState(ck.optim);
+      const s = ck.state as { step: number; epoch: number; batch: number; rng: number[]; best: number | null; badEvals: number; history: (StepMetrics | EvalMetrics)[] };
+      step = s.step;
+      epoch = s.epoch;
+      batchIdx = s.batch;
+      defaultRng.setState(s.rng);
+      best = s.best ?? NaN;
+      badEvals = s.badEvals;
+      this.history = s.history;
+    } else {
+      defaultRng.seed(c.seed);
+    }
+    let batches = this.epoch(epoch);
+    const t0 = Date.now();
+    let tokensSeen = 0;
+    while (step < c.steps) {
+      if (opts.stopAfter !== undefined && step >= opts.stopAfter) break;
+      this.optim.lr = c.lr * lrFactor(c.schedule, step, c.steps, c.warmupSteps);
+      let lossSum = 0;
+      let tokens = 0;
+      for (let micro = 0; micro < c.gradAccum; micro++) {
+        if (batchIdx >= batches.length) {
+          epoch++;
+          batchIdx = 0;
+          batches = this.epoch(epoch);
+        }
+        const ex = batches[batchIdx++]!.map((i) => this.data[i]!);
+        const b = collate(ex, this.padId, { pack: c.pack, maxLen: c.maxLen });
+        tokens += b.tokens;
+        lossSum += tidy(() => {
+          const loss = batchLoss(this.model, b.ids, b.targets, b.mask);
+          const scaled = c.gradAccum > 1 ? loss.mul(1 / c.gradAccum) : loss;
+          scaled.backward();
+          return loss.item();
+        });
+        for (const t of [b.ids, b.targets, b.mask]) t.dispose();
+      }
+      const gradNorm = clipGradNorm(this.params, c.maxGradNorm);
+      this.optim.step();
+      this.optim.zeroGrad();
+      step++;
+      tokensSeen += tokens;
+      const elapsed = (Date.now() - t0) / 1000;
+      const m: StepMetrics = {
+        kind: 'train', step, loss: lossSum / c.gradAccum, lr: this.optim.lr, grad_norm: gradNorm, tokens,
+        tokens_per_s: elapsed > 0 ? tokensSeen / elapsed : 0, elapsed_s: elapsed,
+      };
+      this.log(m);
+      this.hooks.onStep?.(m);
+      if (c.evalEvery > 0 && this.hooks.evaluate && (step % c.evalEvery === 0 || step === c.steps)) {
+        const r = this.hooks.evaluate();
+        const em: EvalMetrics = { kind: 'eval', step, ...r };
+        this.log(em);
+        this.hooks.onEval?.(em);
+        const [key, value] = Object.entries(r)[0] ?? [];
+        if (key !== undefined && value !== undefined) {
+          const better = Number.isNaN(best) || (higherIsBetter(key) ? value > best : value < best);
+          if (better) {
+            best = value;
+            badEvals = 0;
+          } else if (c.earlyStoppingPatience > 0 && ++badEvals >= c.earlyStoppingPatience) {
+            stoppedEarly = true;
+          }
+        }
+      }
+      if (c.checkpointEvery > 0 && (step % c.checkpointEvery === 0 || step === c.steps || stoppedEarly)) {
+        saveCheckpoint(this.runDir, step, this.hooks.saveWeights, this.optim.state(), {
+          step, epoch, batch: batchIdx, rng: defaultRng.getState(), best: Number.isNaN(best) ? null : best, badEvals, history: this.history,
+        }, c.keepCheckpoints);
+      }
+      if (stoppedEarly) break;
+    }
+    return { steps: step, history: this.history, stoppedEarly, seconds: (Date.now() - t0) / 1000 };
+  }
+}
