@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "gemm.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -641,13 +642,31 @@ AK_CLONES float dot(const float* __restrict a, const float* __restrict b, int64_
   return s;
 }
 
-AK_CLONES void axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
-}
-
 inline int64_t last_key(const Attention& a, int64_t t) { return a.causal ? t + a.tk - a.tq : a.tk - 1; }
 
-thread_local std::vector<float> tl_scores;
+}  // namespace
+
+namespace {
+thread_local std::vector<float> tl_s, tl_dp;
+
+// C[m x n] (+)= op(A) op(B) on the calling thread only (kernels below already run one task per thread).
+inline void gemm1(const float* a, int64_t lda, bool ta, const float* b, int64_t ldb, bool tb, float* c, int64_t m, int64_t n,
+                  int64_t k, bool acc) {
+  GemmArgs g{a, b, c, m, n, k, lda, ldb, ta, tb, acc};
+  sgemm(g, false);
+}
+
+// Scores of one head, masked: s[t, j] = scale q_t·k_j, or -inf where key j is hidden from query t.
+void masked_scores(const Attention& a, const float* q, const float* k, const float* mask, float* s) {
+  gemm1(q, a.dim, false, k, a.dim, true, s, a.tq, a.tk, a.dim, false);
+  for (int64_t t = 0; t < a.tq; t++) {
+    float* row = s + t * a.tk;
+    const int64_t last = last_key(a, t);
+    for (int64_t j = 0; j < a.tk; j++) {
+      row[j] = (j > last || (mask && mask[j] == 0.0f)) ? -INFINITY : row[j] * a.scale;
+    }
+  }
+}
 }  // namespace
 
 void attention(const Attention& a) {
@@ -658,37 +677,29 @@ void attention(const Attention& a) {
     const float* k = a.k + (b * a.kv_heads + kvh) * a.tk * D;
     const float* v = a.v + (b * a.kv_heads + kvh) * a.tk * D;
     const float* mask = a.key_mask ? a.key_mask + b * a.tk : nullptr;
-    if (tl_scores.size() < static_cast<size_t>(a.tk)) tl_scores.resize(a.tk);
-    float* s = tl_scores.data();
+    if (tl_s.size() < static_cast<size_t>(a.tq * a.tk)) tl_s.resize(a.tq * a.tk);
+    float* s = tl_s.data();
+    masked_scores(a, q, k, mask, s);
     for (int64_t t = 0; t < a.tq; t++) {
-      const float* qr = q + t * D;
-      float* o = a.out + (bh * a.tq + t) * D;
-      const int64_t last = last_key(a, t);
+      float* row = s + t * a.tk;
       float m = -INFINITY;
-      for (int64_t j = 0; j <= last; j++) {
-        if (mask && mask[j] == 0.0f) {
-          s[j] = -INFINITY;
-          continue;
-        }
-        s[j] = dot(qr, k + j * D, D) * a.scale;
-        m = s[j] > m ? s[j] : m;
-      }
-      std::memset(o, 0, D * sizeof(float));
+      for (int64_t j = 0; j < a.tk; j++) m = row[j] > m ? row[j] : m;
       if (m == -INFINITY) {
+        for (int64_t j = 0; j < a.tk; j++) row[j] = 0.0f;
         a.lse[bh * a.tq + t] = -INFINITY;
         continue;
       }
       float l = 0;
-      for (int64_t j = 0; j <= last; j++) {
-        if (s[j] == -INFINITY) continue;
-        const float p = fast_exp(s[j] - m);
+      for (int64_t j = 0; j < a.tk; j++) {
+        const float p = row[j] == -INFINITY ? 0.0f : fast_exp(row[j] - m);
+        row[j] = p;
         l += p;
-        axpy(p, v + j * D, o, D);
       }
       const float inv = 1.0f / l;
-      for (int64_t d = 0; d < D; d++) o[d] *= inv;
+      for (int64_t j = 0; j < a.tk; j++) row[j] *= inv;
       a.lse[bh * a.tq + t] = m + std::log(l);
     }
+    gemm1(s, a.tk, false, v, D, false, a.out + bh * a.tq * D, a.tq, D, a.tk, false);
   });
 }
 
@@ -704,28 +715,37 @@ void attention_backward(const Attention& a) {
     std::memset(dk, 0, a.tk * D * sizeof(float));
     std::memset(dv, 0, a.tk * D * sizeof(float));
     const float* mask = a.key_mask ? a.key_mask + b * a.tk : nullptr;
+    const size_t need = static_cast<size_t>(a.tq * a.tk);
+    if (tl_s.size() < need) tl_s.resize(need);
+    if (tl_dp.size() < need) tl_dp.resize(need);
+    float* p = tl_s.data();
+    float* dp = tl_dp.data();
     for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
       const int64_t bh = b * a.heads + h;
+      const float* q = a.q + bh * a.tq * D;
+      const float* go = a.grad_out + bh * a.tq * D;
+      const float* o = a.out + bh * a.tq * D;
+      float* dq = a.dq + bh * a.tq * D;
+      // P from the saved log-sum-exp
+      masked_scores(a, q, k, mask, p);
       for (int64_t t = 0; t < a.tq; t++) {
-        const int64_t row = bh * a.tq + t;
-        const float* qr = a.q + row * D;
-        const float* go = a.grad_out + row * D;
-        float* dq = a.dq + row * D;
-        std::memset(dq, 0, D * sizeof(float));
-        const float lse = a.lse[row];
-        if (lse == -INFINITY) continue;
-        const float dsum = dot(go, a.out + row * D, D);
-        const int64_t last = last_key(a, t);
-        for (int64_t j = 0; j <= last; j++) {
-          if (mask && mask[j] == 0.0f) continue;
-          const float p = fast_exp(dot(qr, k + j * D, D) * a.scale - lse);
-          const float dp = dot(go, v + j * D, D);
-          const float ds = p * (dp - dsum) * a.scale;
-          axpy(ds, k + j * D, dq, D);
-          axpy(ds, qr, dk + j * D, D);
-          axpy(p, go, dv + j * D, D);
-        }
+        const float lse = a.lse[bh * a.tq + t];
+        float* row = p + t * a.tk;
+        for (int64_t j = 0; j < a.tk; j++) row[j] = (lse == -INFINITY || row[j] == -INFINITY) ? 0.0f : fast_exp(row[j] - lse);
       }
+      // dV += Pᵀ dO ; dP = dO Vᵀ
+      gemm1(p, a.tk, true, go, D, false, dv, a.tk, D, a.tq, true);
+      gemm1(go, D, false, v, D, true, dp, a.tq, a.tk, D, false);
+      // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale
+      for (int64_t t = 0; t < a.tq; t++) {
+        const float dsum = dot(go + t * D, o + t * D, D);
+        float* pr = p + t * a.tk;
+        const float* dpr = dp + t * a.tk;
+        for (int64_t j = 0; j < a.tk; j++) pr[j] = pr[j] * (dpr[j] - dsum) * a.scale;
+      }
+      // dQ = dS K ; dK += dSᵀ Q
+      gemm1(p, a.tk, false, k, D, false, dq, a.tq, D, a.tk, false);
+      gemm1(p, a.tk, true, q, D, false, dk, a.tk, D, a.tq, true);
     }
   });
 }

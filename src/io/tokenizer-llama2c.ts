@@ -64,26 +64,102 @@ export class Llama2cTokenizer {
       if (id !== undefined) ids.push(id);
       else for (const b of bytes) ids.push(b + 3);
     }
-    // merge the best-scoring adjacent pair until none merges
+    // merge the best-scoring adjacent pair until none merges (leftmost first on ties), with a heap
+    // over candidate pairs and a linked list of tokens: O(n log n) instead of rescanning every pair
     const start = opts.bos ?? true ? 1 : 0;
-    for (;;) {
-      let best = -Infinity;
-      let bestId = -1;
-      let bestAt = -1;
-      for (let i = start; i < ids.length - 1; i++) {
-        const merged = concat(this.pieces[ids[i]!]!, this.pieces[ids[i + 1]!]!);
-        const id = this.lookup.get(key(merged));
-        if (id !== undefined && this.scores[id]! > best) {
-          best = this.scores[id]!;
-          bestId = id;
-          bestAt = i;
-        }
-      }
-      if (bestAt < 0) break;
-      ids.splice(bestAt, 2, bestId);
-    }
+    const merged = this.mergeAll(ids.slice(start));
+    ids.splice(start, ids.length - start, ...merged);
     if (opts.eos) ids.push(this.eosId);
     return ids;
+  }
+
+  private pairs: Map<number, { id: number; score: number }> | null = null;
+
+  /** For every pair of tokens whose joined bytes are a token: that token (highest score wins). */
+  private pairTable(): Map<number, { id: number; score: number }> {
+    if (this.pairs) return this.pairs;
+    const V = this.pieces.length;
+    const table = new Map<number, { id: number; score: number }>();
+    for (let id = 0; id < V; id++) {
+      const p = this.pieces[id]!;
+      for (let cut = 1; cut < p.length; cut++) {
+        const a = this.lookup.get(key(p.subarray(0, cut)));
+        const b = this.lookup.get(key(p.subarray(cut)));
+        if (a === undefined || b === undefined) continue;
+        const k = a * V + b;
+        const prev = table.get(k);
+        // the same joined bytes always map to one id (the lookup's), so only scores of that id matter
+        const joined = this.lookup.get(key(p))!;
+        if (!prev || this.scores[joined]! > prev.score) table.set(k, { id: joined, score: this.scores[joined]! });
+      }
+    }
+    this.pairs = table;
+    return table;
+  }
+
+  private mergeAll(tokens: number[]): number[] {
+    const n = tokens.length;
+    if (n < 2) return tokens;
+    const V = this.pieces.length;
+    const table = this.pairTable();
+    const tok = tokens.slice();
+    const next = Array.from({ length: n }, (_, i) => (i + 1 < n ? i + 1 : -1));
+    const prev = Array.from({ length: n }, (_, i) => i - 1);
+    const alive = new Uint8Array(n).fill(1);
+    // heap entries: [score, position, left token, right token]
+    const heap: [number, number, number, number][] = [];
+    const less = (x: [number, number, number, number], y: [number, number, number, number]) => x[0] > y[0] || (x[0] === y[0] && x[1] < y[1]);
+    const push = (e: [number, number, number, number]) => {
+      heap.push(e);
+      let i = heap.length - 1;
+      while (i > 0) {
+        const p = (i - 1) >> 1;
+        if (!less(heap[i]!, heap[p]!)) break;
+        [heap[i], heap[p]] = [heap[p]!, heap[i]!];
+        i = p;
+      }
+    };
+    const pop = () => {
+      const top = heap[0]!;
+      const last = heap.pop()!;
+      if (heap.length > 0) {
+        heap[0] = last;
+        let i = 0;
+        for (;;) {
+          const l = 2 * i + 1;
+          const r = l + 1;
+          let m = i;
+          if (l < heap.length && less(heap[l]!, heap[m]!)) m = l;
+          if (r < heap.length && less(heap[r]!, heap[m]!)) m = r;
+          if (m === i) break;
+          [heap[i], heap[m]] = [heap[m]!, heap[i]!];
+          i = m;
+        }
+      }
+      return top;
+    };
+    const consider = (i: number) => {
+      const j = next[i]!;
+      if (i < 0 || j < 0) return;
+      const m = table.get(tok[i]! * V + tok[j]!);
+      if (m) push([m.score, i, tok[i]!, tok[j]!]);
+    };
+    for (let i = 0; i + 1 < n; i++) consider(i);
+    while (heap.length > 0) {
+      const [, i, a, b] = pop();
+      const j = next[i]!;
+      // stale entry: one side changed since it was pushed
+      if (!alive[i] || j < 0 || !alive[j] || tok[i] !== a || tok[j] !== b) continue;
+      tok[i] = table.get(a * V + b)!.id;
+      alive[j] = 0;
+      next[i] = next[j]!;
+      if (next[j]! >= 0) prev[next[j]!] = i;
+      consider(prev[i]!);
+      consider(i);
+    }
+    const out: number[] = [];
+    for (let i = 0; i >= 0; i = next[i]!) out.push(tok[i]!);
+    return out;
   }
 
   /** The bytes token `id` stands for after token `prev` (no leading space right after BOS). */

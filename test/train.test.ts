@@ -1,0 +1,196 @@
+/** Training: optimizers against PyTorch, schedules, data errors, determinism, checkpoints and resume. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ak from '../src/index.js';
+import { assertClose } from './helpers.js';
+
+const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-train-'));
+ak.getBackend();
+
+describe('optimizers and schedules', () => {
+  const fx = JSON.parse(readFileSync(join(FIX, 'optim.json'), 'utf8'));
+  const make: Record<string, (p: ak.Tensor) => ak.Optimizer> = {
+    adamw: (p) => new ak.AdamW([p], { lr: 0.01, betas: [0.9, 0.99], eps: 1e-8, weightDecay: 0.1 }),
+    sgd: (p) => new ak.SGD([p], { lr: 0.1 }),
+    sgd_momentum_wd: (p) => new ak.SGD([p], { lr: 0.1, momentum: 0.9, weightDecay: 0.01 }),
+    sgd_nesterov: (p) => new ak.SGD([p], { lr: 0.05, momentum: 0.8, nesterov: true }),
+  };
+  for (const c of fx.cases) {
+    it(`${c.name} follows PyTorch's trajectory`, () => {
+      const p = ak.parameter(ak.tensor(fx.p0));
+      const opt = make[c.name]!(p);
+      fx.grads.forEach((g: number[], i: number) => {
+        p.grad = ak.tensor(g).keep();
+        opt.step();
+        assertClose(p.toArray(), c.trajectory[i], `${c.name} step ${i + 1}`, 1e-6, 1e-5);
+      });
+    });
+  }
+
+  it('clipGradNorm matches torch.nn.utils.clip_grad_norm_', () => {
+    const a = ak.parameter(ak.zeros([3, 4]));
+    const b = ak.parameter(ak.zeros([5]));
+    a.grad = ak.tensor(fx.clip.a_before, [3, 4]).keep();
+    b.grad = ak.tensor(fx.clip.b_before).keep();
+    const n = ak.clipGradNorm([a, b], fx.clip.max_norm);
+    assert.ok(Math.abs(n - fx.clip.norm) < 1e-4);
+    assertClose(a.grad.toArray(), fx.clip.a, 'a', 1e-6, 1e-5);
+    assertClose(b.grad.toArray(), fx.clip.b, 'b', 1e-6, 1e-5);
+  });
+
+  it('schedules warm up linearly and decay to zero', () => {
+    assert.equal(ak.lrFactor('constant', 50, 100), 1);
+    assert.equal(ak.lrFactor('linear', 0, 100, 10), 0.1);
+    assert.equal(ak.lrFactor('linear', 9, 100, 10), 1);
+    assert.equal(ak.lrFactor('linear', 55, 100, 10), 0.5);
+    assert.ok(Math.abs(ak.lrFactor('cosine', 55, 100, 10) - 0.5) < 1e-12);
+    assert.ok(ak.lrFactor('cosine', 100, 100, 10) < 1e-12);
+  });
+});
+
+describe('training data', () => {
+  const file = (name: string, text: string) => {
+    const p = join(tmp, name);
+    writeFileSync(p, text);
+    return p;
+  };
+
+  it('reads each JSONL kind and CSV/TSV with column options', () => {
+    const j = file('a.jsonl', [
+      '{"prompt": "Q: 1+1?", "completion": " 2"}', '{"text": "once upon a time"}', '{"text": "great film", "label": "pos"}',
+      '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}', '{"question": "How many?", "answer": "#### 3"}', '',
+    ].join('\n'));
+    assert.deepEqual(ak.readRecords(j).records.map((r) => r.kind), ['completion', 'text', 'label', 'chat', 'completion']);
+    const c = file('b.csv', 'id,review,sentiment\n1,"good, really ""good""",pos\n2,bad,neg\n');
+    const r = ak.readRecords(c, { textColumn: 'review', labelColumn: 'sentiment' }).records;
+    assert.deepEqual(r, [{ kind: 'label', text: 'good, really "good"', label: 'pos' }, { kind: 'label', text: 'bad', label: 'neg' }]);
+    const t = file('c.tsv', 'x\ty\nhello\tthere\n');
+    assert.deepEqual(ak.readRecords(t, { textColumn: 'x', completionColumn: 'y' }).records, [{ kind: 'completion', prompt: 'hello', completion: 'there' }]);
+  });
+
+  it('names file:line and the reason for a bad line, or skips and counts with skipBadLines', () => {
+    const p = file('bad.jsonl', '{"text": "ok"}\n{"text": \n{"prompt": "a"}\n{"text": "fine"}\n');
+    assert.throws(() => ak.readRecords(p), new RegExp(`${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2: not valid JSON`));
+    const r = ak.readRecords(p, { skipBadLines: true });
+    assert.equal(r.records.length, 2);
+    assert.equal(r.skipped, 2);
+    assert.match(r.skippedReasons[1]!, /:3: "prompt" and "completion" must both be strings/);
+    assert.throws(() => ak.readRecords(file('empty.jsonl', '')), /the data file is empty/);
+    assert.throws(() => ak.readRecords(join(tmp, 'missing.jsonl')), /no such data file/);
+    assert.throws(() => ak.readRecords(file('cols.csv', 'a,b\n1,2\n'), { textColumn: 'text' }), /no text column "text" \(columns: a, b\)/);
+  });
+
+  it('puts loss only on completions and truncates bodies (or refuses to)', () => {
+    const tok = ak.loadTokenizer('', join(ak.dataDir(), 'models', 'stories260K', 'tok512.bin'), 512);
+    const e = ak.toExample({ kind: 'label', text: 'the cat sat on the mat', label: 'yes' }, tok, { labelCue: '\nAnswer:' });
+    const b = ak.collate([e], 0);
+    const ids = Array.from(b.ids.toArray());
+    const tg = Array.from(b.targets.toArray());
+    const n = e.completion.length;
+    // the targets are exactly the completion tokens, at the positions that predict them
+    assert.deepEqual(tg.filter((t) => t !== ak.IGNORE), e.completion);
+    assert.deepEqual(tg.slice(ids.length - n - 1, ids.length - 1), e.completion);
+    const fit = ak.fitExamples([e], 12, true);
+    assert.equal(fit.truncated, 1);
+    assert.equal(ak.exampleLength(fit.examples[0]!), 12);
+    assert.deepEqual(fit.examples[0]!.completion, e.completion);
+    assert.throws(() => ak.fitExamples([e], 12, false, 'x.jsonl'), /x.jsonl: example 1 has \d+ tokens, more than the context of 12/);
+  });
+});
+
+function trainCli(args: string[]): Promise<{ code: number | null; out: string; err: string; kill: () => void }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/bin.ts'), ...args], { cwd: ROOT, env: { ...process.env, ADAPTKIT_BACKEND: 'native' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('exit', (code) => resolve({ code, out, err, kill: () => child.kill('SIGKILL') }));
+  });
+}
+
+describe('training runs', () => {
+  const data = join(tmp, 'stories.jsonl');
+  const lines: string[] = [];
+  const rng = new ak.Rng(3);
+  const words = ['Lily', 'Tom', 'the cat', 'a dog', 'the ball', 'her mom'];
+  for (let i = 0; i < 120; i++) lines.push(JSON.stringify({ prompt: `${words[rng.int(6)]} saw ${words[rng.int(6)]}.`, completion: ` They were ${i % 2 ? 'happy' : 'sad'}.` }));
+  writeFileSync(data, lines.join('\n'));
+  const bin = join(ak.dataDir(), 'models', 'stories260K', 'stories260K.bin');
+  const tokf = join(ak.dataDir(), 'models', 'stories260K', 'tok512.bin');
+  const base = ['train', '--model', bin, '--tokenizer', tokf, '--data', data, '--method', 'lora', '--r', '4', '--steps', '12', '--batch-size', '8', '--lr', '3e-3', '--seq-len', '48', '--checkpoint-every', '3', '--eval-every', '6', '--json'];
+
+  it('lowers the loss, writes the adapter, report, curves and metrics, and refuses to clobber the run', async () => {
+    const out = join(tmp, 'run1');
+    const r = await trainCli([...base, '--out', out]);
+    assert.equal(r.code, 0, r.err);
+    for (const f of ['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'training_report.json', 'curves.svg', 'metrics.jsonl']) assert.ok(existsSync(join(out, f)), f);
+    const metrics = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const train = metrics.filter((m) => m.kind === 'train');
+    assert.equal(train.length, 12);
+    assert.ok(train[11].loss < train[0].loss * 0.7, `loss ${train[0].loss} -> ${train[11].loss}`);
+    assert.ok(metrics.some((m) => m.kind === 'eval' && m.loss > 0));
+    assert.equal(readdirSync(join(out, 'checkpoints')).length, 2, 'keeps the last 2 checkpoints');
+    assert.match(readFileSync(join(out, 'curves.svg'), 'utf8'), /^<svg/);
+    const again = await trainCli([...base, '--out', out]);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /already holds a run \(pass --resume to continue it or --overwrite to start over\)/);
+  });
+
+  it('is deterministic under a seed, and a run killed with SIGKILL resumes to the same adapter', async () => {
+    const ref = join(tmp, 'ref');
+    assert.equal((await trainCli([...base, '--out', ref])).code, 0);
+    const ref2 = join(tmp, 'ref2');
+    assert.equal((await trainCli([...base, '--out', ref2])).code, 0);
+    const bytes = (d: string) => readFileSync(join(d, 'adapter', 'adapter_model.safetensors'));
+    assert.deepEqual(bytes(ref2), bytes(ref), 'two runs with one seed give the same adapter');
+    // kill at a random moment after the first checkpoint, then resume
+    const run = join(tmp, 'killed');
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/bin.ts'), ...base, '--out', run], { cwd: ROOT });
+    const waitFor = Date.now() + 60_000;
+    const wantSteps = 1 + Math.floor(Math.random() * 3);
+    await new Promise<void>((resolve) => {
+      const iv = setInterval(() => {
+        const ck = join(run, 'checkpoints');
+        const n = existsSync(ck) ? readdirSync(ck).filter((d) => d.startsWith('step-')).length : 0;
+        const m = existsSync(join(run, 'metrics.jsonl')) ? readFileSync(join(run, 'metrics.jsonl'), 'utf8').split('\n').length : 0;
+        if ((n >= 1 && m > 3 + wantSteps) || Date.now() > waitFor) {
+          clearInterval(iv);
+          child.kill('SIGKILL');
+          resolve();
+        }
+      }, 5);
+    });
+    await new Promise((r) => child.on('exit', r));
+    assert.ok(!existsSync(join(run, 'adapter', 'adapter_model.safetensors')), 'the run was killed before it finished');
+    const resumed = await trainCli([...base, '--out', run, '--resume']);
+    assert.equal(resumed.code, 0, resumed.err);
+    assert.deepEqual(bytes(run), bytes(ref), 'the resumed run ends with the uninterrupted run\'s adapter');
+  });
+
+  it('a failed checkpoint write leaves the previous checkpoint intact', () => {
+    const dir = join(tmp, 'ckpt');
+    const state = { step: 1, buffers: { m: [new Float32Array([1, 2])] } };
+    ak.saveCheckpoint(dir, 1, (d) => writeFileSync(join(d, 'w.bin'), 'one'), state, {}, 2);
+    assert.throws(() => ak.saveCheckpoint(dir, 2, () => { throw new Error('ENOSPC: no space left on device'); }, state, {}, 2), /ENOSPC/);
+    assert.deepEqual(ak.listCheckpoints(dir), [1]);
+    assert.deepEqual(readdirSync(join(dir, 'checkpoints')), ['step-00000001']);
+    assert.equal(readFileSync(join(dir, 'checkpoints', 'step-00000001', 'w.bin'), 'utf8'), 'one');
+  });
+
+  it('the SMS demo lifts held-out accuracy well above the base model (short run)', () => {
+    const r = ak.runDemo({ task: 'sms', outDir: join(tmp, 'demo'), steps: 40 });
+    assert.ok(r.before < 0.3, `base accuracy ${r.before}`);
+    assert.ok(r.after > 0.9, `adapted accuracy ${r.after}`);
+    assert.equal(r.eval_examples, 1000);
+  });
+
+  it('cleans up', () => rmSync(tmp, { recursive: true, force: true }));
+});
