@@ -99,6 +99,8 @@ case('matmul_broadcast', 'matmul', [(rnd(2, 1, 3, 4), True), (rnd(3, 4, 2), True
 case('matmul_bT', 'matmul', [(rnd(3, 4), True), (rnd(5, 4), True)], lambda a, b: a @ b.t(), {'transposeB': True})
 case('matmul_aT', 'matmul', [(rnd(4, 3), True), (rnd(4, 5), True)], lambda a, b: a.t() @ b, {'transposeA': True})
 case('linear', 'linear', [(rnd(2, 3, 4), True), (rnd(5, 4), True), (rnd(5), True)], F.linear)
+case('linear_nobias', 'linear', [(rnd(3, 4), True), (rnd(5, 4), True)], F.linear)
+case('addmm', 'addmm', [(rnd(2, 3, 5), True), (rnd(2, 3, 4), True), (rnd(4, 5), True)], lambda y, a, b: y + a @ b)
 
 # ---- indexing ----
 w = rnd(6, 4)

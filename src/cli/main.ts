@@ -90,6 +90,17 @@ export async function main(argv: string[]): Promise<number> {
       runGenerateBench({ pytorch: o.pytorch, reps: Number(o.reps) });
     });
 
+  bench
+    .command('train')
+    .description('LoRA training tokens/s and peak RSS on a GPT-2-small-shaped model next to PyTorch')
+    .option('--json', 'one JSON object per line (the default output)')
+    .option('--no-pytorch', 'skip the PyTorch baseline')
+    .option('--steps <n>', 'measured steps', '5')
+    .action(async (o: { pytorch: boolean; steps: string }) => {
+      const { runTrainBench } = await import('../../bench/train.js');
+      runTrainBench({ pytorch: o.pytorch, shape: { steps: Number(o.steps) } });
+    });
+
   try {
     await program.parseAsync(argv);
     return 0;

@@ -1,5 +1,5 @@
 import {
-  AdaptkitError, type Rng, type Tensor, add, embedding, layerNorm, linear, matmul, parameter, rand, rmsNorm,
+  AdaptkitError, type Rng, type Tensor, embedding, layerNorm, linear, parameter, rand, rmsNorm, transpose,
   shapeStr, zeros, ones,
 } from '../tensor/index.js';
 import { Module } from './module.js';
@@ -45,9 +45,7 @@ export class Linear extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    if (!this.fanInFanOut) return linear(x, this.weight, this.bias);
-    const y = matmul(x, this.weight);
-    return this.bias ? add(y, this.bias) : y;
+    return linear(x, this.fanInFanOut ? transpose(this.weight) : this.weight, this.bias);
   }
 }
 

@@ -3,7 +3,7 @@ import { rand } from './create.js';
 import { opError } from './errors.js';
 import { type Rng, defaultRng } from './random.js';
 import {
-  binary, compare, indexSelect, matmul, narrow, permute, reshape, sum, unary,
+  binary, compare, indexSelect, narrow, permute, reshape, sum, unary,
 } from './ops.js';
 import { normAxis } from './shape.js';
 import type { Tensor } from './tensor.js';
@@ -62,15 +62,6 @@ export function squeeze(x: Tensor, dim: number): Tensor {
 
 export function flatten(x: Tensor): Tensor {
   return reshape(x, [x.size]);
-}
-
-/** y = x · Wᵀ + b with W [out, in] (the transpose is a view, never copied). */
-export function linear(x: Tensor, w: Tensor, b?: Tensor | null): Tensor {
-  if (w.ndim !== 2 || x.shape[x.ndim - 1] !== w.shape[1]) {
-    throw opError('linear', 'x [..., in] and W [out, in] disagree', { x: x.shape, w: w.shape });
-  }
-  const y = matmul(x, transpose(w));
-  return b ? binary('add', y, b) : y;
 }
 
 /** Rows of an embedding table [V, D] for i32 ids of any shape. */

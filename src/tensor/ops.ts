@@ -233,21 +233,30 @@ function asMatrices(t: Tensor, batch: Shape): MatOperand {
  * Transposed views are read in place, never copied.
  */
 export function matmul(a: Tensor, b: Tensor): Tensor {
-  f32('matmul', a, 'a');
-  f32('matmul', b, 'b');
-  if (a.ndim < 2 || b.ndim < 2) throw opError('matmul', 'both operands need at least 2 dimensions', { a: a.shape, b: b.shape });
+  return record(matmulForward('matmul', a, b), 'matmul', [a, b], { a, b });
+}
+
+/** The product itself (unrecorded); `out` is written when given (accumulate adds to it). */
+function matmulForward(op: string, a: Tensor, b: Tensor, into?: { out: Tensor; accumulate: boolean }): Tensor {
+  f32(op, a, 'a');
+  f32(op, b, 'b');
+  if (a.ndim < 2 || b.ndim < 2) throw opError(op, 'both operands need at least 2 dimensions', { a: a.shape, b: b.shape });
   const m = a.shape[a.ndim - 2]!;
   const k = a.shape[a.ndim - 1]!;
   const k2 = b.shape[b.ndim - 2]!;
   const n = b.shape[b.ndim - 1]!;
-  if (k !== k2) throw opError('matmul', `inner dimensions differ (${k} vs ${k2})`, { a: a.shape, b: b.shape });
-  const batch = broadcastShapes('matmul', a.shape.slice(0, -2), b.shape.slice(0, -2));
+  if (k !== k2) throw opError(op, `inner dimensions differ (${k} vs ${k2})`, { a: a.shape, b: b.shape });
+  const batch = broadcastShapes(op, a.shape.slice(0, -2), b.shape.slice(0, -2));
   const outShape = [...batch, m, n];
-  const out = empty(outShape);
+  if (into && (!sameShape(into.out.shape, outShape) || !into.out.isContiguous())) {
+    throw opError(op, 'the output does not have the product\'s shape', { out: into.out.shape, a: a.shape, b: b.shape });
+  }
+  const out = into ? into.out : empty(outShape);
+  const accumulate = into?.accumulate ?? false;
   const nb = numel(batch);
   if (numel(outShape) > 0) {
     if (k === 0) {
-      out.storage.data.fill(0);
+      if (!accumulate) out.buffer().fill(0);
     } else {
       // a [..., M, K] against a single matrix b: fold the batch into M (one big GEMM)
       const foldA = b.ndim === 2 && a.ndim > 2 && a.isContiguous();
@@ -257,14 +266,52 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
         a: subFrom(A.t), b: subFrom(B.t), out: f32buf(out),
         batch: foldA ? 1 : nb, m: foldA ? nb * m : m, n, k,
         lda: A.ld, ldb: B.ld, transA: A.trans, transB: B.trans,
-        strideA: A.batchStride, strideB: B.batchStride, accumulate: false,
+        strideA: A.batchStride, strideB: B.batchStride, accumulate,
       });
       if (A.t !== a) A.t.dispose();
       if (B.t !== b) B.t.dispose();
     }
   }
-  return record(out, 'matmul', [a, b], { a, b });
+  return out;
 }
+
+/**
+ * y = x · Wᵀ (+ b) for W [out, in], as one op: the bias goes into the GEMM's output in place, so
+ * no intermediate is kept. A transposed view of W is read without a copy.
+ */
+export function linear(x: Tensor, w: Tensor, b?: Tensor | null): Tensor {
+  if (w.ndim !== 2 || x.ndim < 1 || x.shape[x.ndim - 1] !== w.shape[1]) {
+    throw opError('linear', 'x [..., in] and W [out, in] disagree', { x: x.shape, w: w.shape });
+  }
+  if (b && (b.ndim !== 1 || b.shape[0] !== w.shape[0])) throw opError('linear', 'bias must be [out]', { w: w.shape, b: b.shape });
+  const x2 = x.ndim === 1 ? makeView(x, [1, x.shape[0]!], [x.strides[0]!, 1], x.offset) : x;
+  const wt = makeView(w, [w.shape[1]!, w.shape[0]!], [w.strides[1]!, w.strides[0]!], w.offset);
+  let y = matmulForward('linear', x2, wt);
+  wt.dispose();
+  if (b) {
+    f32('linear', b, 'b');
+    kernels().binary('add', y.shape, y.view(), bview(b, y.shape), f32buf(y));
+  }
+  if (x2 !== x) {
+    const y1 = makeView(y, [w.shape[0]!], [1], 0);
+    y.dispose();
+    x2.dispose();
+    y = y1;
+  }
+  return record(y, 'linear', b ? [x, w, b] : [x, w], { x, w });
+}
+
+/** y + a · b (b 2-D) as one op: the product accumulates into a copy of y, no intermediate is kept. */
+export function addmm(y: Tensor, a: Tensor, b: Tensor): Tensor {
+  f32('addmm', y, 'y');
+  if (b.ndim !== 2 || a.ndim < 2) throw opError('addmm', 'a must be [..., k] and b [k, n]', { a: a.shape, b: b.shape });
+  const out = contiguousCopy(y);
+  const outShape = [...a.shape.slice(0, -1), b.shape[1]!];
+  if (!sameShape(outShape, y.shape)) throw opError('addmm', 'y must have the shape of a · b', { y: y.shape, a: a.shape, b: b.shape });
+  matmulForward('addmm', a, b, { out, accumulate: true });
+  return record(out, 'addmm', [y, a, b], { a, b });
+}
+
 
 function subFrom(t: Tensor): Float32Array {
   const d = t.storage.data as Float32Array;

@@ -113,6 +113,22 @@ export const VJP: Record<string, VjpRule> = {
     return [ga, gb];
   },
 
+  linear: (g, node, needs) => {
+    const x = s<Tensor>(node, 'x');
+    const w = s<Tensor>(node, 'w');
+    const gx = needs[0] ? matmul(g, w) : null;
+    const gw = needs[1] ? matmul(T(reshape(g, [-1, w.shape[0]!])), reshape(x, [-1, w.shape[1]!])) : null;
+    const gb = node.inputs[2] && needs[2] ? sumTo(g, [w.shape[0]!]) : null;
+    return [gx && x.ndim === 1 ? reshape(gx, x.shape) : gx, gw, gb];
+  },
+  addmm: (g, node, needs) => {
+    const a = s<Tensor>(node, 'a');
+    const b = s<Tensor>(node, 'b');
+    const ga = needs[1] ? matmul(g, T(b)) : null;
+    const gb = needs[2] ? matmul(T(reshape(a, [-1, b.shape[0]!])), reshape(g, [-1, b.shape[1]!])) : null;
+    return [needs[0] ? g : null, ga, gb];
+  },
+
   indexSelect: (g, node) => {
     const shape = s<Shape>(node, 'shape');
     return [indexAdd(zeros(shape), s(node, 'dim'), s(node, 'idx'), g)];

@@ -9,7 +9,7 @@
  * <path>.lora_magnitude_vector [out] (DoRA), <path>.bias with bias "all"/"lora_only".
  */
 import {
-  AdaptkitError, type Tensor, add, dropout, fromBuffer, inverse, linear, matmul, matmul64, mul, noGrad,
+  AdaptkitError, type Tensor, add, addmm, dropout, fromBuffer, inverse, linear, matmul, matmul64, mul, noGrad,
   parameter, rand, randn, reshape, sqrt, sum, svd, transpose, zeros, div, clone,
 } from '../../tensor/index.js';
 import { Linear, Module } from '../../nn/index.js';
@@ -123,6 +123,10 @@ export class LoraDelta extends Module implements LayerDelta {
 
   apply(x: Tensor, y: Tensor): Tensor {
     const xd = this.dropoutP > 0 ? dropout(x, this.dropoutP) : x;
+    if (!this.lora_magnitude_vector && !this.bias) {
+      // y + s·(x Aᵀ) Bᵀ with the big product accumulated straight into the output
+      return addmm(y, mul(linear(xd, this.lora_A), this.scale), transpose(this.lora_B));
+    }
     let lora = mul(linear(linear(xd, this.lora_A), this.lora_B), this.scale);
     if (this.lora_magnitude_vector) {
       // y = (m/||W+sBA||) (xWᵀ + s xAᵀBᵀ) + b, written as a correction of the base output y
