@@ -102,6 +102,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--keep-checkpoints <n>', 'checkpoints to keep', '2')
     .option('--bucket', 'group examples of similar length into batches')
     .option('--pack', 'pack several examples into each row')
+    .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
     .option('--seed <n>', 'seed for data order, initialization and dropout', '0')
     .option('--json', 'JSON-lines metrics even on a terminal')
     .action(async (o: Record<string, string | boolean | undefined> & DataFlags) => {
@@ -111,6 +112,7 @@ export function registerTrainCommands(program: Command): void {
       if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new AdaptkitError(`--optimizer must be adamw or sgd, got "${o.optimizer}"`);
       const modelPath = await resolveModel(String(o.model));
       const { model } = loadModel(modelPath);
+      if (o.gradientCheckpointing) model.gradientCheckpointing = true;
       const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
       const { examples, labels } = loadExamples(o, tok, chat);

@@ -3,6 +3,8 @@ import { sameShape } from './shape.js';
 import { type GradNode, Tensor, makeView } from './tensor.js';
 import { VJP } from './vjp.js';
 import { addInto, binary, contiguousCopy, onesLike } from './ops.js';
+import { tidy } from './tensor.js';
+import { defaultRng } from './random.js';
 
 let gradEnabled = true;
 
@@ -14,6 +16,17 @@ export function isGradEnabled(): boolean {
 export function noGrad<T>(fn: () => T): T {
   const prev = gradEnabled;
   gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+/** Run `fn` with recording on (inside backward, to recompute a checkpointed block). */
+export function withGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = true;
   try {
     return fn();
   } finally {
@@ -34,6 +47,20 @@ export function record(out: Tensor, op: string, inputs: Tensor[], saved: Record<
   if (!(op in VJP)) throw new AdaptkitError(`${op}: no VJP rule`);
   out.requiresGrad = true;
   out.node = { op, inputs, saved };
+  return out;
+}
+
+/**
+ * Gradient checkpointing: run fn without keeping its intermediates, and recompute them during
+ * backward. Parameters fn closes over get their gradients from the recomputation. The default RNG
+ * is replayed so dropout inside fn draws the same masks both times.
+ */
+export function checkpoint(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[]): Tensor {
+  if (!gradEnabled) return fn(...inputs);
+  const rngState = defaultRng.getState();
+  const out = tidy(() => noGrad(() => fn(...inputs)));
+  out.requiresGrad = true;
+  out.node = { op: 'checkpoint', inputs, saved: { fn, rngState } };
   return out;
 }
 

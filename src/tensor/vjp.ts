@@ -6,11 +6,13 @@
 import { full, zeros } from './create.js';
 import { type UnaryOp, UNARY_OPS, kernels } from './kernels.js';
 import {
-  binary, compare, contiguous, expand, indexAdd, indexSelect, matmul, narrow, padNarrow,
+  binary, compare, contiguous, detach, expand, indexAdd, indexSelect, matmul, narrow, padNarrow,
   permute, reshape, rope, sum, where,
 } from './ops.js';
 import { type Shape, numel, sameShape } from './shape.js';
-import { type GradNode, Tensor, empty } from './tensor.js';
+import { type GradNode, Tensor, empty, tidy } from './tensor.js';
+import { defaultRng } from './random.js';
+import { backward, withGrad } from './autograd.js';
 
 export type VjpRule = (g: Tensor, node: GradNode, needs: readonly boolean[]) => (Tensor | null)[];
 
@@ -231,6 +233,24 @@ export const VJP: Record<string, VjpRule> = {
     return [dq, dk, dv];
   },
   rope: (g, node) => [rope(g, s(node, 'cos'), s(node, 'sin'), !s<boolean>(node, 'inverse'))],
+  checkpoint: (g, node, needs) => {
+    const fn = s<(...xs: Tensor[]) => Tensor>(node, 'fn');
+    const after = defaultRng.getState();
+    defaultRng.setState(s<number[]>(node, 'rngState'));
+    const xs = node.inputs.map((x, i) => {
+      const d = detach(x);
+      d.requiresGrad = needs[i]!;
+      return d;
+    });
+    const grads = tidy(() => {
+      const out = withGrad(() => fn(...xs));
+      backward(out, g);
+      return xs.map((x) => x.grad);
+    });
+    defaultRng.setState(after);
+    for (const gr of grads) if (gr) gr.kept = false;
+    return grads;
+  },
 };
 
 function binaryMinMax(cmp: 'ge' | 'le'): VjpRule {

@@ -1,6 +1,6 @@
 /** GPT-2: learned positions, pre-LayerNorm blocks, Conv1D ([in, out]) weights, tanh-GELU, tied head. */
 import {
-  AdaptkitError, type Tensor, add, attention, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
+  AdaptkitError, type Tensor, add, attention, checkpoint, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
 } from '../../tensor/index.js';
 import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
 import { keyMaskFor } from '../mask.js';
@@ -104,6 +104,9 @@ export class GPT2Model extends Module {
 }
 
 export class GPT2LMHeadModel extends Module {
+  /** Recompute each block's activations in backward instead of keeping them (training). */
+  gradientCheckpointing = false;
+
   constructor(public transformer: GPT2Model, public lm_head: LinearLike | null, readonly config: GPT2Config) {
     super();
   }
@@ -124,7 +127,7 @@ export class GPT2LMHeadModel extends Module {
     const pos = tensor(Array.from({ length: T }, (_, i) => start + i), [T], { dtype: 'i32' });
     let h = add(tok, this.transformer.wpe.forward(pos));
     const ctx: Ctx = { cache, keyMask: keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!) };
-    for (const block of this.transformer.h) h = block.forward(h, ctx);
+    for (const block of this.transformer.h) h = this.gradientCheckpointing && !cache ? checkpoint((x) => block.forward(x, ctx), [h]) : block.forward(h, ctx);
     if (cache) cache.length = start + T;
     return this.transformer.ln_f.forward(h);
   }

@@ -3,7 +3,7 @@
  * grouped-query attention, SwiGLU MLP, tied or untied LM head. Module paths are HF's names.
  */
 import {
-  AdaptkitError, type Tensor, add, attention, mul, permute, reshape, rope, shapeStr, silu,
+  AdaptkitError, type Tensor, add, attention, checkpoint, mul, permute, reshape, rope, shapeStr, silu,
 } from '../../tensor/index.js';
 import { type EmbeddingLike, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
 import { keyMaskFor } from '../mask.js';
@@ -92,6 +92,9 @@ export interface CausalLMForwardOptions {
 export class LlamaForCausalLM extends Module {
   private rope: RopeTables;
 
+  /** Recompute each decoder block's activations in backward instead of keeping them (training). */
+  gradientCheckpointing = false;
+
   constructor(public model: LlamaModel, public lm_head: LinearLike | null, readonly config: LlamaConfig) {
     super();
     this.rope = ropeTables({ dim: config.headDim, theta: config.ropeTheta, maxPositions: config.maxPositions, scaling: config.ropeScaling });
@@ -117,7 +120,7 @@ export class LlamaForCausalLM extends Module {
     const { cos, sin } = ropeCosSin(this.rope, start, T);
     const keyMask = keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!);
     const ctx: ForwardContext = { cos, sin, cache, keyMask };
-    for (const layer of this.model.layers) h = layer.forward(h, ctx);
+    for (const layer of this.model.layers) h = this.gradientCheckpointing && !cache ? checkpoint((x) => layer.forward(x, ctx), [h]) : layer.forward(h, ctx);
     if (cache) cache.length = start + T;
     return this.model.norm.forward(h);
   }
