@@ -269,3 +269,31 @@ def bert_case():
 
 
 bert_case()
+
+# a tiny WordPiece tokenizer for the BERT fixture (64 tokens)
+words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'good', 'bad', 'great', 'awful', 'movie', 'film', 'the', 'a', 'is',
+         'was', 'very', 'not', 'plot', 'acting', 'fun', 'boring', 'and', 'but', 'i', 'it', 'this', 'loved', 'hated', '.', ',', '!']
+words += [chr(c) for c in range(ord('a'), ord('z') + 1)]
+words += ['##' + chr(c) for c in range(ord('a'), ord('a') + 64 - len(words))]
+assert len(words) == 64
+tok = {
+    'version': '1.0', 'truncation': None, 'padding': None,
+    'added_tokens': [{'id': i, 'content': w, 'single_word': False, 'lstrip': False, 'rstrip': False, 'normalized': False, 'special': True}
+                     for i, w in enumerate(words[:5])],
+    'normalizer': {'type': 'BertNormalizer', 'clean_text': True, 'handle_chinese_chars': True, 'strip_accents': None, 'lowercase': True},
+    'pre_tokenizer': {'type': 'BertPreTokenizer'},
+    'post_processor': {'type': 'TemplateProcessing',
+                       'single': [{'SpecialToken': {'id': '[CLS]', 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}}, {'SpecialToken': {'id': '[SEP]', 'type_id': 0}}],
+                       'pair': [{'SpecialToken': {'id': '[CLS]', 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}}, {'SpecialToken': {'id': '[SEP]', 'type_id': 0}},
+                                {'Sequence': {'id': 'B', 'type_id': 1}}, {'SpecialToken': {'id': '[SEP]', 'type_id': 1}}],
+                       'special_tokens': {'[CLS]': {'id': '[CLS]', 'ids': [2], 'tokens': ['[CLS]']}, '[SEP]': {'id': '[SEP]', 'ids': [3], 'tokens': ['[SEP]']}}},
+    'decoder': {'type': 'WordPiece', 'prefix': '##', 'cleanup': True},
+    'model': {'type': 'WordPiece', 'unk_token': '[UNK]', 'continuing_subword_prefix': '##', 'max_input_chars_per_word': 100,
+              'vocab': {w: i for i, w in enumerate(words)}},
+}
+with open(os.path.join(ROOT, 'bert', 'tokenizer.json'), 'w') as f:
+    json.dump(tok, f)
+with open(os.path.join(ROOT, 'bert', 'tokenizer_config.json'), 'w') as f:
+    json.dump({'tokenizer_class': 'BertTokenizer', 'cls_token': '[CLS]', 'sep_token': '[SEP]', 'pad_token': '[PAD]',
+               'unk_token': '[UNK]', 'mask_token': '[MASK]', 'do_lower_case': True}, f)
+print('wrote bert tokenizer')

@@ -219,3 +219,37 @@ describe('gradient checkpointing', () => {
     });
   }
 });
+
+describe('classification head', () => {
+  it('trains a BERT classifier (LoRA + the head as modules_to_save) to separate sentiments', () => {
+    const dir = join(FIX, 'models', 'bert');
+    const { model } = ak.loadAnyModel(dir);
+    const tok = ak.loadTokenizer(dir, undefined, 64);
+    const rng = new ak.Rng(5);
+    const pos = ['good', 'great', 'fun', 'loved'];
+    const neg = ['bad', 'awful', 'boring', 'hated'];
+    const records = Array.from({ length: 160 }, (_, i) => {
+      const p = i % 2 === 0;
+      const w = (p ? pos : neg)[rng.int(4)]!;
+      return { kind: 'label' as const, text: `the movie was ${w} and the plot ${rng.int(2) ? 'was' : 'is'} ${(p ? pos : neg)[rng.int(4)]}`, label: p ? 'pos' : 'neg' };
+    });
+    const labels = ['neg', 'pos'];
+    const ex = ak.classificationExamples(records, tok, labels, 32);
+    assert.deepEqual(ex[0]!.body.slice(0, 1), [2], 'starts with [CLS]');
+    const { train, validation } = ak.splitExamples(ex, 40, 0);
+    const out = join(tmp, 'cls');
+    const r = ak.runTraining({
+      model, tokenizer: tok, method: 'lora', methodOptions: { r: 4, targets: ['query', 'value'] }, train, validation, outDir: out, labels,
+      config: { steps: 40, batchSize: 16, lr: 1e-2, evalEvery: 40, schedule: 'constant' },
+    });
+    const fin = r.report.final_eval as { accuracy: number };
+    assert.ok(fin.accuracy >= 0.9, `accuracy ${fin.accuracy}`);
+    const cfg = JSON.parse(readFileSync(join(r.adapterDir, 'adapter_config.json'), 'utf8'));
+    assert.deepEqual(cfg.modules_to_save, ['classifier']);
+    // the saved adapter (with its head) reproduces the accuracy on a fresh model
+    const am = new ak.AdapterModel(ak.loadAnyModel(dir).model);
+    (am.model as any).classifier = new ak.Linear(ak.zeros([2, 32]), ak.zeros([2]));
+    am.load(r.adapterDir);
+    assert.equal(ak.classificationAccuracy(am as any, validation, 0).accuracy, fin.accuracy);
+  });
+});

@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { AdapterModel } from '../adapters/index.js';
-import { loadModel, loadTokenizer } from '../models/load.js';
+import { loadAnyModel, loadModel, loadTokenizer } from '../models/load.js';
+import { BertForSequenceClassification } from '../models/bert/model.js';
+import { classificationExamples } from '../train/classify.js';
 import { readRecords, type ReadOptions } from '../train/data.js';
 import { type Example, fitExamples, splitExamples, toExample } from '../train/examples.js';
 import { evaluateLoss, labelAccuracy } from '../train/evaluate.js';
@@ -111,11 +113,21 @@ export function registerTrainCommands(program: Command): void {
       if (!['constant', 'linear', 'cosine'].includes(sched)) throw new AdaptkitError(`--schedule must be constant, linear or cosine, got "${sched}"`);
       if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new AdaptkitError(`--optimizer must be adamw or sgd, got "${o.optimizer}"`);
       const modelPath = await resolveModel(String(o.model));
-      const { model } = loadModel(modelPath);
-      if (o.gradientCheckpointing) model.gradientCheckpointing = true;
+      const { model } = loadAnyModel(modelPath);
+      const classifier = model instanceof BertForSequenceClassification;
+      if (o.gradientCheckpointing && !classifier) (model as { gradientCheckpointing: boolean }).gradientCheckpointing = true;
       const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
-      const { examples, labels } = loadExamples(o, tok, chat);
+      let examples: Example[];
+      let labels: string[];
+      if (classifier) {
+        // an encoder with a classification head: the text alone in, the label's index out
+        const { records } = readRecords(o.data, { format: o.format as ReadOptions['format'], textColumn: o.textColumn, labelColumn: o.labelColumn, header: !o.noHeader, skipBadLines: o.skipBadLines });
+        labels = [...new Set(records.map((r) => (r.kind === 'label' ? r.label : '')))].filter(Boolean).sort();
+        examples = classificationExamples(records, tok, labels, int('seq-len', o.seqLen, 2));
+      } else {
+        ({ examples, labels } = loadExamples(o, tok, chat));
+      }
       const seed = int('seed', String(o.seed));
       const val = num('val-split', String(o.valSplit));
       const { train, validation } = val > 0 ? splitExamples(examples, val, seed) : { train: examples, validation: [] };

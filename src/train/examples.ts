@@ -14,6 +14,8 @@ export interface Example {
   completion: number[];
   /** The label of a classification record. */
   label?: string;
+  /** Its index, when trained with a classification head. */
+  labelIndex?: number;
 }
 
 export interface TemplateOptions {

@@ -9,3 +9,4 @@ export { saveCheckpoint, loadCheckpoint, listCheckpoints } from './checkpoint.js
 export { runTraining, methodConfig, METHODS, type MethodName } from './run.js';
 export { runDemo, type DemoResult } from './demo.js';
 export { plotMetrics } from './plot.js';
+export { classificationExamples, classificationLoss, classificationAccuracy } from './classify.js';

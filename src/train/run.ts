@@ -9,7 +9,10 @@ import { AdapterModel, type AdapterInstance } from '../adapters/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import type { CausalModel } from '../models/load.js';
+import type { AnyModel } from '../models/load.js';
+import { BertForSequenceClassification } from '../models/bert/model.js';
+import { Linear } from '../nn/index.js';
+import { classificationAccuracy, classificationLoss } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
 import { evaluateLoss, labelAccuracy } from './evaluate.js';
@@ -62,7 +65,7 @@ export function methodConfig(method: MethodName, o: MethodOptions, fanInFanOut: 
 }
 
 export interface RunOptions {
-  model: CausalModel;
+  model: AnyModel;
   tokenizer: Tokenizer;
   method: MethodName;
   methodOptions: MethodOptions;
@@ -122,9 +125,20 @@ function prepareRunDir(o: RunOptions): void {
 export function runTraining(o: RunOptions): RunResult {
   prepareRunDir(o);
   const cfg: TrainConfig = { ...DEFAULT_TRAIN, ...o.config };
+  const classifier = o.model instanceof BertForSequenceClassification ? o.model : null;
+  if (classifier) {
+    if (!o.labels?.length) throw new AdaptkitError('a sequence classifier trains on {"text", "label"} data');
+    if (classifier.config.numLabels !== o.labels.length) {
+      // a head of the right size, freshly initialized (the checkpoint's head had other labels)
+      classifier.classifier = Linear.init(classifier.config.hiddenSize, o.labels.length);
+      (classifier.config as { numLabels: number }).numLabels = o.labels.length;
+    }
+  }
   const am = new AdapterModel(o.model);
   const fan = o.model.constructor.name === 'GPT2LMHeadModel';
-  const peft = methodConfig(o.method, o.methodOptions, fan);
+  let peft = methodConfig(o.method, o.methodOptions, fan);
+  // the classification head trains along with the adapter, as PEFT's modules_to_save
+  if (peft && classifier && !peft.modules_to_save) peft = { ...peft, modules_to_save: ['classifier'], task_type: 'SEQ_CLS' };
   let inst: AdapterInstance | null = null;
   let params: Tensor[];
   if (peft) {
@@ -134,9 +148,14 @@ export function runTraining(o: RunOptions): RunResult {
     o.model.unfreeze();
     params = o.model.parameters().map((p) => parameter(p));
   }
-  const padId = o.tokenizer.eosId ?? 0;
-  const labelTokens = o.labels?.length ? labelFirstTokens(o.train, o.labels) : null;
-  const evaluate = o.validation.length
+  const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
+  const labelTokens = o.labels?.length && !classifier ? labelFirstTokens(o.train, o.labels) : null;
+  const evaluate = o.validation.length && classifier
+    ? () => {
+        const r = classificationAccuracy(am as unknown as { forward: typeof am.forward }, o.validation, padId);
+        return { accuracy: r.accuracy, loss: r.loss };
+      }
+    : o.validation.length
     ? () => {
         const r: Record<string, number> = {};
         if (labelTokens) r.accuracy = labelAccuracy(am, o.validation, labelTokens, padId).accuracy;
@@ -148,6 +167,9 @@ export function runTraining(o: RunOptions): RunResult {
     : undefined;
   const trainer = new Trainer(am, params, o.train, padId, cfg, o.outDir, {
     evaluate,
+    loss: classifier
+      ? (ex) => ({ loss: classificationLoss(am, ex, padId), tokens: ex.reduce((n, e) => n + e.body.length, 0) })
+      : undefined,
     onStep: (m) => o.progress?.step(m),
     onEval: (m) => o.progress?.eval(m),
     saveWeights: (dir) => (inst ? am.save(dir, ADAPTER) : saveModelFolder(o.model, {}, dir, { overwrite: true })),

@@ -68,6 +68,8 @@ export interface TrainerHooks {
   saveWeights: (dir: string) => void;
   /** Read them back from a checkpoint folder. */
   loadWeights: (dir: string) => void;
+  /** The loss of a batch of examples (default: next-token loss on completions). */
+  loss?: (examples: Example[]) => { loss: Tensor; tokens: number };
 }
 
 export interface TrainResult {
@@ -164,15 +166,21 @@ export class Trainer {
           batches = this.epoch(epoch);
         }
         const ex = batches[batchIdx++]!.map((i) => this.data[i]!);
-        const b = collate(ex, this.padId, { pack: c.pack, maxLen: c.maxLen });
-        tokens += b.tokens;
         lossSum += tidy(() => {
-          const loss = batchLoss(this.model, b.ids, b.targets, b.mask);
+          let loss: Tensor;
+          if (this.hooks.loss) {
+            const r = this.hooks.loss(ex);
+            loss = r.loss;
+            tokens += r.tokens;
+          } else {
+            const b = collate(ex, this.padId, { pack: c.pack, maxLen: c.maxLen });
+            tokens += b.tokens;
+            loss = batchLoss(this.model, b.ids, b.targets, b.mask);
+          }
           const scaled = c.gradAccum > 1 ? loss.mul(1 / c.gradAccum) : loss;
           scaled.backward();
           return loss.item();
         });
-        for (const t of [b.ids, b.targets, b.mask]) t.dispose();
       }
       const gradNorm = clipGradNorm(this.params, c.maxGradNorm);
       this.optim.step();
