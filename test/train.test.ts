@@ -253,3 +253,37 @@ describe('classification head', () => {
     assert.equal(ak.classificationAccuracy(am as any, validation, 0).accuracy, fin.accuracy);
   });
 });
+
+describe('streaming data', () => {
+  it('streams a JSONL file in shuffled chunks across epochs, and resumes from a checkpoint exactly', () => {
+    const bin = join(ak.dataDir(), 'models', 'stories260K', 'stories260K.bin');
+    const tok = ak.loadTokenizer(bin, join(ak.dataDir(), 'models', 'stories260K', 'tok512.bin'), 512);
+    const file = join(tmp, 'big.jsonl');
+    writeFileSync(file, Array.from({ length: 30 }, (_, i) => JSON.stringify({ prompt: `Tom has ${i} apples.`, completion: ` He is ${i % 3 ? 'happy' : 'sad'}.` })).join('\n') + '\n{bad line\n');
+    const make = () => new ak.StreamingExamples(file, (r) => ak.toExample(r, tok), { chunkLines: 7, seed: 1, skipBadLines: true });
+    // every example of an epoch is seen once, in a shuffled order
+    const s = make();
+    const seen = s.next(30).map((e) => tok.decode([...e.body]));
+    assert.equal(new Set(seen).size, 30);
+    assert.notDeepEqual(seen, [...seen].sort());
+    assert.equal(s.skipped, 1);
+    const run = (out: string, stopAfter?: number, resume = false) => ak.runTraining({
+      model: ak.loadModel(bin).model, tokenizer: tok, method: 'lora', methodOptions: { r: 2 }, train: make(), validation: [], outDir: out,
+      config: { steps: 12, batchSize: 4, lr: 3e-3, checkpointEvery: 3 }, stopAfter, resume, overwrite: !resume,
+    });
+    run(join(tmp, 'stream-a'));
+    run(join(tmp, 'stream-b'), 5);
+    run(join(tmp, 'stream-b'), undefined, true);
+    const bytes = (d: string) => readFileSync(join(d, 'adapter', 'adapter_model.safetensors'));
+    assert.deepEqual(bytes(join(tmp, 'stream-b')), bytes(join(tmp, 'stream-a')));
+  });
+});
+
+describe('math answers', () => {
+  it('finds the final number the way GSM8K marks it, or the last number in the text', () => {
+    assert.equal(ak.finalNumber('so 3+4=7\n#### 1,234'), '1234');
+    assert.equal(ak.finalNumber('She has 5 apples and eats 2, so 3 are left.'), '3');
+    assert.equal(ak.finalNumber('#### -2.50'), '-2.5');
+    assert.equal(ak.finalNumber('no digits here'), null);
+  });
+});

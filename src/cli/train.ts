@@ -8,9 +8,10 @@ import { AdapterModel } from '../adapters/index.js';
 import { loadAnyModel, loadModel, loadTokenizer } from '../models/load.js';
 import { BertForSequenceClassification } from '../models/bert/model.js';
 import { classificationExamples } from '../train/classify.js';
+import { StreamingExamples } from '../train/stream.js';
 import { readRecords, type ReadOptions } from '../train/data.js';
 import { type Example, fitExamples, splitExamples, toExample } from '../train/examples.js';
-import { evaluateLoss, labelAccuracy } from '../train/evaluate.js';
+import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
 import { METHODS, type MethodName, labelFirstTokens, runTraining } from '../train/run.js';
@@ -104,6 +105,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--keep-checkpoints <n>', 'checkpoints to keep', '2')
     .option('--bucket', 'group examples of similar length into batches')
     .option('--pack', 'pack several examples into each row')
+    .option('--stream', 'stream a JSONL file larger than memory (read in shuffled chunks; validation from --val-data)')
+    .option('--val-data <file>', 'validation data file (with --stream)')
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
     .option('--seed <n>', 'seed for data order, initialization and dropout', '0')
     .option('--json', 'JSON-lines metrics even on a terminal')
@@ -120,7 +123,16 @@ export function registerTrainCommands(program: Command): void {
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
       let examples: Example[];
       let labels: string[];
-      if (classifier) {
+      const seqLen = int('seq-len', o.seqLen, 2);
+      let stream: StreamingExamples | null = null;
+      if (o.stream) {
+        if (classifier) throw new AdaptkitError('--stream is for language-model data, not classification heads');
+        stream = new StreamingExamples(o.data, (r) => fitExamples([toExample(r, tok, { labelCue: o.labelCue, chatTemplate: chat.template })], seqLen, true).examples[0]!, {
+          seed: int('seed', String(o.seed)), skipBadLines: o.skipBadLines,
+        });
+        examples = o.valData ? loadExamples({ ...o, data: String(o.valData) }, tok, chat).examples : [];
+        labels = [];
+      } else if (classifier) {
         // an encoder with a classification head: the text alone in, the label's index out
         const { records } = readRecords(o.data, { format: o.format as ReadOptions['format'], textColumn: o.textColumn, labelColumn: o.labelColumn, header: !o.noHeader, skipBadLines: o.skipBadLines });
         labels = [...new Set(records.map((r) => (r.kind === 'label' ? r.label : '')))].filter(Boolean).sort();
@@ -130,10 +142,12 @@ export function registerTrainCommands(program: Command): void {
       }
       const seed = int('seed', String(o.seed));
       const val = num('val-split', String(o.valSplit));
-      const { train, validation } = val > 0 ? splitExamples(examples, val, seed) : { train: examples, validation: [] };
-      if (train.length === 0) throw new AdaptkitError('no training examples left after the validation split');
-      if (labels.length) {
-        const seen = new Set(train.map((e) => e.label));
+      const split = stream ? { train: [] as Example[], validation: examples } : val > 0 ? splitExamples(examples, val, seed) : { train: examples, validation: [] };
+      const { validation } = split;
+      const train = stream ?? split.train;
+      if (!stream && split.train.length === 0) throw new AdaptkitError('no training examples left after the validation split');
+      if (labels.length && !stream) {
+        const seen = new Set(split.train.map((e) => e.label));
         const unseen = labels.filter((l) => !seen.has(l));
         if (unseen.length) throw new AdaptkitError(`label(s) ${unseen.join(', ')} appear only in the validation split; add training examples for them`);
       }
@@ -170,18 +184,30 @@ export function registerTrainCommands(program: Command): void {
     .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
     .option('--adapter <dir>', 'PEFT adapter folder')
     .option('--batch-size <n>', 'examples per batch', '16')
+    .option('--exact-match', 'also generate an answer for each prompt and compare its final number with the reference (math data)')
+    .option('--max-new-tokens <n>', 'answer length for --exact-match', '128')
+    .option('--limit <n>', 'evaluate only the first N examples')
     .option('--json', 'print JSON')
-    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean }) => {
+    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string }) => {
       const modelPath = await resolveModel(o.model);
       const { model } = loadModel(modelPath);
       const tok = loadTokenizer(modelPath, o.tokenizer, model.config.vocabSize);
       const am = new AdapterModel(model);
       if (o.adapter) am.load(o.adapter);
-      const { examples, labels } = loadExamples(o, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null });
+      const all = loadExamples(o, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null });
+      const limit = o.limit === undefined ? all.examples.length : int('limit', o.limit, 1);
+      const examples = all.examples.slice(0, limit);
+      const labels = all.labels;
       const pad = tok.eosId ?? 0;
       const l = evaluateLoss(am, examples, pad, int('batch-size', o.batchSize, 1));
       const out: Record<string, number> = { examples: examples.length, loss: l.loss, perplexity: l.perplexity, tokens: l.tokens };
       if (labels.length > 1) out.accuracy = labelAccuracy(am, examples, labelFirstTokens(examples, labels), pad).accuracy;
+      if (o.exactMatch) {
+        const items = readRecords(o.data, { format: o.format as ReadOptions['format'], skipBadLines: o.skipBadLines }).records
+          .filter((r): r is Extract<typeof r, { kind: 'completion' }> => r.kind === 'completion').slice(0, limit)
+          .map((r) => ({ prompt: r.prompt, answer: r.completion }));
+        out.exact_match = exactMatch(am, tok, items, int('max-new-tokens', o.maxNewTokens, 1));
+      }
       if (o.json) console.log(JSON.stringify(out));
       else for (const [k, v] of Object.entries(out)) console.log(`${k}: ${v}`);
     });

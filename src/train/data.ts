@@ -16,24 +16,33 @@ export type DataRecord =
 
 export class DataError extends AdaptkitError {}
 
-/** Lines of a file, read in 1 MiB chunks (never the whole file at once). */
-export function* readLines(path: string): Generator<{ line: string; no: number }> {
+/**
+ * Lines of a file, read in 1 MiB chunks (never the whole file at once), from byte `start`. Each
+ * line comes with its number (counting from `firstLine`) and the byte offset just after it.
+ */
+export function* readLines(path: string, start = 0, firstLine = 1): Generator<{ line: string; no: number; end: number }> {
   const fd = openSync(path, 'r');
   try {
     const buf = Buffer.alloc(1 << 20);
-    let rest = '';
-    let no = 0;
-    const dec = new TextDecoder('utf-8', { fatal: false });
+    let carry = Buffer.alloc(0);
+    let pos = start;
+    let no = firstLine - 1;
+    let lineStart = start;
     for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
+      const n = readSync(fd, buf, 0, buf.length, pos);
       if (n === 0) break;
-      const chunk = rest + dec.decode(buf.subarray(0, n), { stream: true });
-      const parts = chunk.split('\n');
-      rest = parts.pop()!;
-      for (const p of parts) yield { line: p.replace(/\r$/, ''), no: ++no };
+      pos += n;
+      const data = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
+      let from = 0;
+      for (let i = data.indexOf(10); i >= 0; i = data.indexOf(10, from)) {
+        const line = data.toString('utf8', from, i).replace(/\r$/, '');
+        lineStart += i + 1 - from;
+        from = i + 1;
+        yield { line, no: ++no, end: lineStart };
+      }
+      carry = Buffer.from(data.subarray(from));
     }
-    rest += dec.decode();
-    if (rest.length > 0) yield { line: rest.replace(/\r$/, ''), no: ++no };
+    if (carry.length > 0) yield { line: carry.toString('utf8').replace(/\r$/, ''), no: ++no, end: lineStart + carry.length };
   } finally {
     closeSync(fd);
   }

@@ -10,3 +10,4 @@ export { runTraining, methodConfig, METHODS, type MethodName } from './run.js';
 export { runDemo, type DemoResult } from './demo.js';
 export { plotMetrics } from './plot.js';
 export { classificationExamples, classificationLoss, classificationAccuracy } from './classify.js';
+export { StreamingExamples, type StreamPosition } from './stream.js';

@@ -15,6 +15,7 @@ import { Linear } from '../nn/index.js';
 import { classificationAccuracy, classificationLoss } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
+import { StreamingExamples } from './stream.js';
 import { evaluateLoss, labelAccuracy } from './evaluate.js';
 import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
@@ -69,7 +70,8 @@ export interface RunOptions {
   tokenizer: Tokenizer;
   method: MethodName;
   methodOptions: MethodOptions;
-  train: Example[];
+  /** Examples in memory, or a stream over a large JSONL file. */
+  train: Example[] | StreamingExamples;
   validation: Example[];
   outDir: string;
   config: Partial<TrainConfig>;
@@ -149,7 +151,7 @@ export function runTraining(o: RunOptions): RunResult {
     params = o.model.parameters().map((p) => parameter(p));
   }
   const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
-  const labelTokens = o.labels?.length && !classifier ? labelFirstTokens(o.train, o.labels) : null;
+  const labelTokens = o.labels?.length && !classifier && !(o.train instanceof StreamingExamples) ? labelFirstTokens(o.train, o.labels) : null;
   const evaluate = o.validation.length && classifier
     ? () => {
         const r = classificationAccuracy(am as unknown as { forward: typeof am.forward }, o.validation, padId);
@@ -206,7 +208,7 @@ export function runTraining(o: RunOptions): RunResult {
     steps: result.steps,
     stopped_early: result.stoppedEarly,
     seconds: result.seconds,
-    train_examples: o.train.length,
+    train_examples: o.train instanceof StreamingExamples ? 'streamed' : o.train.length,
     validation_examples: o.validation.length,
     final_train_loss: result.history.filter((h) => h.kind === 'train').slice(-10).reduce((s, h, _, a) => s + Number((h as { loss: number }).loss) / a.length, 0),
     final_eval: evals[evals.length - 1] ?? null,

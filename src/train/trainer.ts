@@ -10,6 +10,7 @@ import { AdaptkitError, Rng, type Tensor, defaultRng, tidy } from '../tensor/ind
 import { collate, epochBatches } from './batch.js';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { type Example } from './examples.js';
+import { type StreamPosition, StreamingExamples } from './stream.js';
 import { type TrainableLM, batchLoss } from './evaluate.js';
 import { AdamW, type Optimizer, SGD, clipGradNorm } from './optim.js';
 import { type ScheduleName, lrFactor } from './schedule.js';
@@ -90,13 +91,14 @@ export class Trainer {
   constructor(
     readonly model: TrainableLM,
     readonly params: Tensor[],
-    readonly data: readonly Example[],
+    /** Examples in memory, or a stream over a file larger than memory. */
+    readonly data: readonly Example[] | StreamingExamples,
     readonly padId: number,
     readonly cfg: TrainConfig,
     readonly runDir: string,
     readonly hooks: TrainerHooks,
   ) {
-    if (data.length === 0) throw new AdaptkitError('no training examples');
+    if (!(data instanceof StreamingExamples) && data.length === 0) throw new AdaptkitError('no training examples');
     if (cfg.steps < 1 || cfg.batchSize < 1 || cfg.gradAccum < 1) throw new AdaptkitError('steps, batch size and gradient accumulation must be at least 1');
     this.optim = cfg.optimizer === 'sgd'
       ? new SGD(params, { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay })
@@ -105,14 +107,16 @@ export class Trainer {
 
   /** The shuffled batch list of an epoch (a pure function of seed and epoch, so resume replays it). */
   private epoch(e: number): number[][] {
+    if (this.data instanceof StreamingExamples) return [];
     const rng = new Rng(this.cfg.seed * 1000003 + e);
-    const order = Array.from(this.data.keys());
+    const data = this.data as readonly Example[];
+    const order = Array.from(data.keys());
     for (let i = order.length - 1; i > 0; i--) {
       const j = rng.int(i + 1);
       [order[i], order[j]] = [order[j]!, order[i]!];
     }
     const per = this.cfg.pack ? Math.max(1, this.cfg.batchSize * 4) : this.cfg.batchSize;
-    const batches = epochBatches(this.data, per, order, this.cfg.bucket);
+    const batches = epochBatches(data, per, order, this.cfg.bucket);
     if (this.cfg.bucket) {
       for (let i = batches.length - 1; i > 0; i--) {
         const j = rng.int(i + 1);
@@ -140,7 +144,8 @@ export class Trainer {
       const ck = loadCheckpoint(this.runDir);
       this.hooks.loadWeights(ck.dir);
       this.optim.loadState(ck.optim);
-      const s = ck.state as { step: number; epoch: number; batch: number; rng: number[]; best: number | null; badEvals: number; history: (StepMetrics | EvalMetrics)[] };
+      const s = ck.state as { step: number; epoch: number; batch: number; rng: number[]; best: number | null; badEvals: number; history: (StepMetrics | EvalMetrics)[]; stream?: StreamPosition };
+      if (this.data instanceof StreamingExamples && s.stream) this.data.seek(s.stream);
       step = s.step;
       epoch = s.epoch;
       batchIdx = s.batch;
@@ -160,12 +165,18 @@ export class Trainer {
       let lossSum = 0;
       let tokens = 0;
       for (let micro = 0; micro < c.gradAccum; micro++) {
-        if (batchIdx >= batches.length) {
-          epoch++;
-          batchIdx = 0;
-          batches = this.epoch(epoch);
+        let ex: Example[];
+        if (this.data instanceof StreamingExamples) {
+          ex = this.data.next(c.pack ? c.batchSize * 4 : c.batchSize);
+        } else {
+          if (batchIdx >= batches.length) {
+            epoch++;
+            batchIdx = 0;
+            batches = this.epoch(epoch);
+          }
+          const data = this.data;
+          ex = batches[batchIdx++]!.map((i) => data[i]!);
         }
-        const ex = batches[batchIdx++]!.map((i) => this.data[i]!);
         lossSum += tidy(() => {
           let loss: Tensor;
           if (this.hooks.loss) {
@@ -213,6 +224,7 @@ export class Trainer {
       if (c.checkpointEvery > 0 && (step % c.checkpointEvery === 0 || step === c.steps || stoppedEarly)) {
         saveCheckpoint(this.runDir, step, this.hooks.saveWeights, this.optim.state(), {
           step, epoch, batch: batchIdx, rng: defaultRng.getState(), best: Number.isNaN(best) ? null : best, badEvals, history: this.history,
+          stream: this.data instanceof StreamingExamples ? this.data.position() : undefined,
         }, c.keepCheckpoints);
       }
       if (stoppedEarly) break;
