@@ -8,6 +8,7 @@ import { AdaptkitError } from '../tensor/index.js';
 import { registerModelCommands } from './models.js';
 import { registerAdapterCommands } from './adapters.js';
 import { registerTrainCommands } from './train.js';
+import { registerServeCommand } from './serve.js';
 import '../adapters/index.js';
 
 function version(): string {
@@ -63,6 +64,7 @@ export async function main(argv: string[]): Promise<number> {
   registerModelCommands(program);
   registerAdapterCommands(program);
   registerTrainCommands(program);
+  registerServeCommand(program);
 
   const bench = program.command('bench').description('benchmarks that print one JSON object per line');
   bench

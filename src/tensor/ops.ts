@@ -624,7 +624,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   return out;
 }
 
-/** Rotary position embedding (rotate-half layout) on x [..., T, D] with cos/sin tables [T, D/2]. */
+/**
+ * Rotary position embedding (rotate-half layout) on x [..., T, D] with cos/sin tables [T, D/2],
+ * or per batch row [B, T, D/2] when x is [B, H, T, D] (rows at different positions).
+ */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor, inverse = false): Tensor {
   f32('rope', x);
   f32('rope', cos, 'cos');
@@ -632,14 +635,30 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor, inverse = false): Tens
   if (x.ndim < 2) throw opError('rope', 'x must be [..., T, D]', { x: x.shape });
   const t = x.shape[x.ndim - 2]!;
   const d = x.shape[x.ndim - 1]!;
-  if (d % 2 !== 0 || !sameShape(cos.shape, [t, d / 2]) || !sameShape(sin.shape, [t, d / 2])) {
-    throw opError('rope', 'cos/sin must be [T, D/2] and D even', { x: x.shape, cos: cos.shape, sin: sin.shape });
+  const perRow = cos.ndim === 3;
+  const B = perRow ? cos.shape[0]! : 1;
+  const want = perRow ? [B, t, d / 2] : [t, d / 2];
+  if (d % 2 !== 0 || !sameShape(cos.shape, want) || !sameShape(sin.shape, want) || (perRow && (x.ndim !== 4 || x.shape[0] !== B))) {
+    throw opError('rope', 'cos/sin must be [T, D/2] (or [B, T, D/2] for x [B, H, T, D]) and D even', { x: x.shape, cos: cos.shape, sin: sin.shape });
   }
   const xc = contig(x);
   const cc = contig(cos);
   const sc = contig(sin);
   const out = empty(x.shape);
-  kernels().rope(f32buf(xc), f32buf(cc), f32buf(sc), x.size / (t * d), t, d, f32buf(out), inverse);
+  const rows = x.size / (t * d);
+  const xb = f32buf(xc);
+  const ob = f32buf(out);
+  const cb = f32buf(cc);
+  const sb = f32buf(sc);
+  const per = rows / B;
+  for (let b = 0; b < B; b++) {
+    const span = per * t * d;
+    const tab = (t * d) / 2;
+    kernels().rope(
+      xb.subarray(b * span, (b + 1) * span), cb.subarray(b * tab, (b + 1) * tab), sb.subarray(b * tab, (b + 1) * tab),
+      per, t, d, ob.subarray(b * span, (b + 1) * span), inverse,
+    );
+  }
   drop(xc, x);
   return record(out, 'rope', [x], { cos: cc, sin: sc, inverse });
 }

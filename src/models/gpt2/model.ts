@@ -4,7 +4,7 @@ import {
 } from '../../tensor/index.js';
 import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
 import { keyMaskFor } from '../mask.js';
-import { tiedWeight } from '../llama/model.js';
+import { type KVCacheLike, tiedWeight } from '../llama/model.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import { KVCache } from '../cache.js';
 import type { WeightMap } from '../weights.js';
@@ -46,7 +46,7 @@ export function parseGPT2Config(raw: RawConfig, source = 'config.json'): GPT2Con
 }
 
 interface Ctx {
-  cache: KVCache | null;
+  cache: KVCacheLike | null;
   keyMask: Tensor | null;
 }
 
@@ -117,14 +117,15 @@ export class GPT2LMHeadModel extends Module {
     return new KVCache(this.config.numLayers);
   }
 
-  hidden(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
+  hidden(ids: Tensor, opts: { cache?: KVCacheLike | null; attentionMask?: Tensor | null; positions?: Tensor | null } = {}): Tensor {
     if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new AdaptkitError(`GPT2LMHeadModel: ids must be i32 [B, T], got ${ids.dtype} ${shapeStr(ids.shape)}`);
     const cache = opts.cache ?? null;
     const start = cache?.length ?? 0;
     const tok = this.transformer.wte.forward(ids, start);
     const T = tok.shape[1]!;
-    if (start + T > this.config.maxPositions) throw new AdaptkitError(`GPT-2 supports ${this.config.maxPositions} positions, got ${start + T}`);
-    const pos = tensor(Array.from({ length: T }, (_, i) => start + i), [T], { dtype: 'i32' });
+    const pos = opts.positions ?? tensor(Array.from({ length: T }, (_, i) => start + i), [T], { dtype: 'i32' });
+    const maxPos = opts.positions ? Math.max(...(opts.positions.toArray() as Int32Array)) + 1 : start + T;
+    if (maxPos > this.config.maxPositions) throw new AdaptkitError(`GPT-2 supports ${this.config.maxPositions} positions, got ${maxPos}`);
     let h = add(tok, this.transformer.wpe.forward(pos));
     const ctx: Ctx = { cache, keyMask: keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!) };
     for (const block of this.transformer.h) h = this.gradientCheckpointing && !cache ? checkpoint((x) => block.forward(x, ctx), [h]) : block.forward(h, ctx);
@@ -132,7 +133,7 @@ export class GPT2LMHeadModel extends Module {
     return this.transformer.ln_f.forward(h);
   }
 
-  forward(ids: Tensor, opts: { cache?: KVCache | null; attentionMask?: Tensor | null } = {}): Tensor {
+  forward(ids: Tensor, opts: { cache?: KVCacheLike | null; attentionMask?: Tensor | null; positions?: Tensor | null } = {}): Tensor {
     const h = this.hidden(ids, opts);
     return this.lm_head ? this.lm_head.forward(h) : new Linear(tiedWeight(this.transformer.wte)).forward(h);
   }

@@ -3,19 +3,25 @@
  * grouped-query attention, SwiGLU MLP, tied or untied LM head. Module paths are HF's names.
  */
 import {
-  AdaptkitError, type Tensor, add, attention, checkpoint, mul, permute, reshape, rope, shapeStr, silu,
+  AdaptkitError, type Tensor, add, attention, checkpoint, mul, permute, reshape, rope, sameShape, shapeStr, silu,
 } from '../../tensor/index.js';
 import { type EmbeddingLike, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
 import { keyMaskFor } from '../mask.js';
 import { KVCache } from '../cache.js';
 import type { LlamaConfig } from './config.js';
-import { type RopeTables, ropeCosSin, ropeTables } from './rope.js';
+import { type RopeTables, ropeCosSin, ropeCosSinAt, ropeTables } from './rope.js';
 
 /** Everything one forward pass shares across layers. */
+/** What attention needs from a KV cache: append this step's keys/values, get all keys/values back. */
+export interface KVCacheLike {
+  length: number;
+  append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor };
+}
+
 export interface ForwardContext {
   cos: Tensor;
   sin: Tensor;
-  cache: KVCache | null;
+  cache: KVCacheLike | null;
   /** [B, Tk] 1 for real keys, 0 for padding (Tk includes cached positions). */
   keyMask: Tensor | null;
 }
@@ -84,7 +90,10 @@ export class LlamaModel extends Module {
 }
 
 export interface CausalLMForwardOptions {
-  cache?: KVCache | null;
+  /** A KV cache; its `length` is where new positions start (unless `positions` says otherwise). */
+  cache?: KVCacheLike | null;
+  /** i32 [B, T] explicit positions, for batches whose rows are at different positions (serving). */
+  positions?: Tensor | null;
   /** [B, T] (or [B, Tcache + T]) with 1 for real tokens, 0 for right padding. */
   attentionMask?: Tensor | null;
 }
@@ -117,7 +126,15 @@ export class LlamaForCausalLM extends Module {
     if (this.config.ropeScaling && (this.config.ropeScaling.rope_type ?? this.config.ropeScaling.type) === 'dynamic') {
       this.rope = ropeTables({ dim: this.config.headDim, theta: this.config.ropeTheta, maxPositions: this.config.maxPositions, scaling: this.config.ropeScaling }, start + T);
     }
-    const { cos, sin } = ropeCosSin(this.rope, start, T);
+    let tables: { cos: Tensor; sin: Tensor };
+    if (opts.positions) {
+      const p = opts.positions;
+      if (p.dtype !== 'i32' || !sameShape(p.shape, [ids.shape[0]!, T])) throw new AdaptkitError(`positions must be i32 [B, T] = [${ids.shape[0]}, ${T}], got ${p.dtype} ${shapeStr(p.shape)}`);
+      tables = ropeCosSinAt(this.rope, p.toArray() as Int32Array, ids.shape[0]!, T);
+    } else {
+      tables = ropeCosSin(this.rope, start, T);
+    }
+    const { cos, sin } = tables;
     const keyMask = keyMaskFor(opts.attentionMask, ids.shape[0]!, start, ids.shape[1]!, T - ids.shape[1]!);
     const ctx: ForwardContext = { cos, sin, cache, keyMask };
     for (const layer of this.model.layers) h = this.gradientCheckpointing && !cache ? checkpoint((x) => layer.forward(x, ctx), [h]) : layer.forward(h, ctx);

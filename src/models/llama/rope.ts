@@ -96,3 +96,19 @@ export function ropeCosSin(t: RopeTables, start: number, count: number): { cos: 
   }
   return { cos: fromBuffer(cos, [count, half]), sin: fromBuffer(sin, [count, half]) };
 }
+
+/** Per-row tables [B, T, dim/2] for explicit positions [B, T]. */
+export function ropeCosSinAt(t: RopeTables, positions: Int32Array, batch: number, count: number): { cos: Tensor; sin: Tensor } {
+  const half = t.invFreq.length;
+  const cos = new Float32Array(batch * count * half);
+  const sin = new Float32Array(batch * count * half);
+  for (let r = 0; r < batch * count; r++) {
+    const pos = positions[r]! / t.positionScale;
+    for (let i = 0; i < half; i++) {
+      const a = pos * t.invFreq[i]!;
+      cos[r * half + i] = Math.cos(a) * t.mscale;
+      sin[r * half + i] = Math.sin(a) * t.mscale;
+    }
+  }
+  return { cos: fromBuffer(cos, [batch, count, half]), sin: fromBuffer(sin, [batch, count, half]) };
+}

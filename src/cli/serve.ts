@@ -1,0 +1,56 @@
+/** `adaptkit serve`: one base model, many LoRA adapters, an OpenAI-compatible HTTP API. */
+import type { Command } from 'commander';
+import { basename } from 'node:path';
+import { AdaptkitError } from '../tensor/index.js';
+import { startServer } from '../serve/http.js';
+import { resolveModel } from './models.js';
+
+function int(name: string, v: string, min: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new AdaptkitError(`--${name} must be an integer >= ${min}, got "${v}"`);
+  return n;
+}
+
+export function registerServeCommand(program: Command): void {
+  program
+    .command('serve')
+    .description('serve a base model with many LoRA adapters over an OpenAI-compatible HTTP API')
+    .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
+    .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
+    .option('--adapters <dir>', 'folder whose subfolders are PEFT LoRA adapters (served by folder name)')
+    .option('--port <n>', 'port', '8000')
+    .option('--host <h>', 'address to listen on', '127.0.0.1')
+    .option('--served-model-name <name>', 'the base model\'s name in the API (default: the model path\'s last part)')
+    .option('--max-batch <n>', 'sequences decoded together', '32')
+    .option('--kv-cache-mb <n>', 'KV-cache memory budget in MiB', '256')
+    .option('--block-size <n>', 'positions per KV-cache block', '16')
+    .option('--max-loaded-adapters <n>', 'adapters held in memory at once (LRU beyond that)', '64')
+    .option('--max-rank <n>', 'largest LoRA rank accepted', '16')
+    .option('--max-queue <n>', 'waiting requests before answering 429', '256')
+    .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask', '1024')
+    .option('--max-prompt-tokens <n>', 'longest prompt in tokens', '2048')
+    .option('--context-length <n>', 'prompt + generation limit', '2048')
+    .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: $ADAPTKIT_API_KEY)')
+    .action(async (o: Record<string, string | undefined>) => {
+      const model = await resolveModel(String(o.model));
+      const server = await startServer({
+        model, tokenizer: o.tokenizer, servedModelName: o.servedModelName ?? basename(String(o.model)).replace(/\.bin$/, ''),
+        apiKey: o.apiKey ?? process.env.ADAPTKIT_API_KEY,
+        maxTokensLimit: int('max-tokens-limit', String(o.maxTokensLimit), 1), maxPromptTokens: int('max-prompt-tokens', String(o.maxPromptTokens), 1),
+        engine: {
+          maxBatch: int('max-batch', String(o.maxBatch), 1), kvCacheMb: int('kv-cache-mb', String(o.kvCacheMb), 1), blockSize: int('block-size', String(o.blockSize), 1),
+          maxLoadedAdapters: int('max-loaded-adapters', String(o.maxLoadedAdapters), 1), maxRank: int('max-rank', String(o.maxRank), 1),
+          maxQueue: int('max-queue', String(o.maxQueue), 1), contextLength: int('context-length', String(o.contextLength), 2), adapterDir: o.adapters,
+        },
+      }, { port: int('port', String(o.port), 0), host: String(o.host) });
+      process.stderr.write(`adaptkit: serving on ${server.url}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.stderr.write('adaptkit: finishing in-flight requests, then stopping\n');
+          void server.close().then(resolve);
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    });
+}
