@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest } from './engine.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
@@ -47,7 +47,11 @@ class EngineClient {
   constructor(init: WorkerInit) {
     const self = fileURLToPath(import.meta.url);
     const file = self.replace(/http\.(ts|js)$/, 'worker.$1');
-    this.worker = new Worker(file, { workerData: init, execArgv: file.endsWith('.ts') ? ['--import', 'tsx'] : [] });
+    // from compiled code the worker is a plain module; from TypeScript sources (tests, development)
+    // it is loaded through tsx, registered inside the worker
+    this.worker = file.endsWith('.ts')
+      ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(pathToFileURL(file).href)}); });`, { eval: true, workerData: init })
+      : new Worker(file, { workerData: init });
     this.ready = new Promise((resolve, reject) => {
       this.worker.once('error', reject);
       this.worker.on('message', (m: FromWorker) => {
