@@ -103,6 +103,17 @@ export async function main(argv: string[]): Promise<number> {
       runTrainBench({ pytorch: o.pytorch, shape: { steps: Number(o.steps) } });
     });
 
+  bench
+    .command('serve')
+    .description('generated tokens/s with 1, 10, 100 and 1000 distinct adapters next to merging per request')
+    .option('--json', 'one JSON object per line (the default output)')
+    .option('--adapters <list>', 'comma-separated adapter counts', '1,10,100,1000')
+    .option('--quick', 'fewer requests on the GPT-2-shaped model')
+    .action(async (o: { adapters: string; quick?: boolean }) => {
+      const { runServeBench } = await import('../../bench/serve.js');
+      runServeBench({ counts: o.adapters.split(',').map(Number), quick: o.quick });
+    });
+
   try {
     await program.parseAsync(argv);
     return 0;

@@ -223,6 +223,19 @@ export class AdapterStore {
     this.routing.rows = tensor(slots, [slots.length], { dtype: 'i32' }).keep();
   }
 
+  /** Put the model's original layers back and free the stacks (the store is unusable afterwards). */
+  detach(): void {
+    for (const [p, st] of this.stacks) {
+      const w = this.model.get(p) as AdaptedLayer;
+      this.model.replace(p, w.base_layer as unknown as Module);
+      st.delta.stackA.dispose();
+      st.delta.stackB.dispose();
+      st.delta.scales.dispose();
+    }
+    this.stacks.clear();
+    this.loaded.clear();
+  }
+
   /** Bytes of adapter weights held in the stacks. */
   stackBytes(): number {
     let n = 0;
