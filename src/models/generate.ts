@@ -1,12 +1,14 @@
 /** Autoregressive decoding with a KV cache: greedy or sampled, streamed token by token. */
 import { AdaptkitError, Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
-import type { KVCache } from './cache.js';
 import type { Tokenizer } from './tokenizer.js';
 
-/** Any model with a forward over a KV cache: a base model, or an adapter model wrapping one. */
-export interface CausalLM<C extends { dispose(): void } = KVCache> {
-  forward(ids: Tensor, opts?: { cache?: C | null }): Tensor;
-  newCache(): C;
+/**
+ * Any model with a forward over a KV cache: a base model, or an adapter model wrapping one. The
+ * cache `newCache()` returns is handed back to `forward` unchanged.
+ */
+export interface CausalLM {
+  forward(ids: Tensor, opts?: { cache?: unknown }): Tensor;
+  newCache(): { dispose(): void };
 }
 
 export interface SamplingOptions {
@@ -70,8 +72,8 @@ export function sampleToken(logits: Float32Array, history: readonly number[], o:
  * Generate from prompt ids. `onText` receives each new piece of decoded text as soon as it forms
  * complete characters.
  */
-export function generate<C extends { dispose(): void }>(
-  model: CausalLM<C>, tokenizer: Tokenizer, promptIds: readonly number[], opts: SamplingOptions = {},
+export function generate(
+  model: CausalLM, tokenizer: Tokenizer, promptIds: readonly number[], opts: SamplingOptions = {},
   onText?: (piece: string) => void,
 ): GenerateResult {
   if (promptIds.length === 0) throw new AdaptkitError('generate: the prompt has no tokens (add BOS or some text)');
