@@ -24,7 +24,7 @@ for (const backend of backends()) {
       ['crossEntropy target', () => ak.crossEntropy(ak.zeros([2, 3]), ak.tensor([0, 3], [2], { dtype: 'i32' })), /^crossEntropy: target 3 out of range for 3 classes: logits \[2, 3\]$/],
       ['crossEntropy shapes', () => ak.crossEntropy(ak.zeros([2, 3]), ak.tensor([0], [1], { dtype: 'i32' })), /^crossEntropy: targets must have the shape of logits without the last dim: logits \[2, 3\] targets \[1\]$/],
       ['attention heads', () => ak.attention(ak.zeros([1, 3, 2, 4]), ak.zeros([1, 2, 2, 4]), ak.zeros([1, 2, 2, 4])), /^attention: q\/k\/v shapes disagree .*: q \[1, 3, 2, 4\] k \[1, 2, 2, 4\] v \[1, 2, 2, 4\]$/],
-      ['rope tables', () => ak.rope(ak.zeros([1, 2, 4]), ak.zeros([2, 3]), ak.zeros([2, 3])), /^rope: cos\/sin must be \[T, D\/2\] and D even/],
+      ['rope tables', () => ak.rope(ak.zeros([1, 2, 4]), ak.zeros([2, 3]), ak.zeros([2, 3])), /^rope: cos\/sin must be \[T, D\/2\] \(or \[B, T, D\/2\] for x \[B, H, T, D\]\) and D even/],
       ['tensor size', () => ak.tensor([1, 2, 3], [2, 2]), /^tensor: 3 values do not fill the shape: shape \[2, 2\]$/],
       ['assign non-contiguous', () => ak.assign(ak.transpose(ak.zeros([2, 3])), ak.zeros([3, 2])), /^assign: destination must be contiguous: dst \[3, 2\]$/],
       ['buffer of a view', () => ak.transpose(ak.zeros([2, 3])).buffer(), /^buffer: tensor is not contiguous: shape \[3, 2\]$/],
