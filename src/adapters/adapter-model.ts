@@ -3,18 +3,18 @@
  * or inactive by swapping the modules at their target paths, saved and loaded in PEFT's format,
  * and merged into plain weights.
  */
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError, Rng, type Tensor, clone, concat, indexSelect, noGrad, ones, parameter, tensor } from '../tensor/index.js';
 import { Linear, Module } from '../nn/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { SafetensorsFile, serializeSafetensors } from '../io/safetensors.js';
+import { serializeSafetensors } from '../io/safetensors.js';
 import { getMethod } from './registry.js';
 import { findTargets, matches, baseModules } from './targets.js';
 import type { AdapterInstance, LayerDelta, RawAdapterConfig } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { pythonJson } from './pyjson.js';
 import { loadInto } from './state.js';
+import { adapterWeightsFile, readAdapterConfig, readTensorMap } from './files.js';
 import { RowRouting, buildMixedDeltas } from './mixed.js';
 import { PrefixAdapter } from './methods/prefix-tuning.js';
 import type { KVCacheLike } from './prompt-common.js';
@@ -330,23 +330,9 @@ export class AdapterModel<M extends Module = Module> {
 
   /** Load a PEFT adapter folder under `name` (strict: every saved tensor must be used). */
   load(dir: string, name = 'default'): AdapterInstance {
-    const cfgPath = join(dir, 'adapter_config.json');
-    if (!existsSync(cfgPath)) throw new AdaptkitError(`${dir}: no adapter_config.json`);
-    let raw: RawAdapterConfig;
-    try {
-      raw = JSON.parse(readFileSync(cfgPath, 'utf8')) as RawAdapterConfig;
-    } catch (e) {
-      throw new AdaptkitError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
-    }
-    const wfile = join(dir, 'adapter_model.safetensors');
-    if (!existsSync(wfile)) throw new AdaptkitError(`${dir}: no adapter_model.safetensors`);
-    const f = new SafetensorsFile(wfile);
-    const tensors = new Map<string, Tensor>();
-    try {
-      for (const k of f.keys()) tensors.set(k, f.read(k));
-    } finally {
-      f.close();
-    }
+    const raw = readAdapterConfig(dir);
+    const wfile = adapterWeightsFile(dir);
+    const tensors = readTensorMap(wfile);
     // PiSSA/CorDA adapters are loaded as plain LoRA over the given base: their init already ran
     const rawForLoad = raw.peft_type === 'LORA' ? { ...raw, init_lora_weights: true } : raw;
     const inst = this.add(name, rawForLoad);

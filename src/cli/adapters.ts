@@ -5,20 +5,14 @@ import { join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { AdapterModel, COMBINATIONS, addWeightedAdapter, findTargets, getMethod, type Combination } from '../adapters/index.js';
+import { adapterWeightsFile, readAdapterConfig } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
 import { resolveModel } from './models.js';
 
 function readAdapter(dir: string): { config: Record<string, unknown>; tensors: Map<string, number[]> } {
-  const cfgPath = join(dir, 'adapter_config.json');
-  if (!existsSync(cfgPath)) throw new AdaptkitError(`${dir}: no adapter_config.json`);
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    throw new AdaptkitError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
-  }
-  const f = new SafetensorsFile(join(dir, 'adapter_model.safetensors'));
+  const config = readAdapterConfig(dir);
+  const f = new SafetensorsFile(adapterWeightsFile(dir));
   const tensors = new Map<string, number[]>();
   for (const k of f.keys()) tensors.set(k, f.info(k).shape);
   f.close();

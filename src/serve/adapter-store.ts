@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { AdaptkitError, type Tensor, tensor, zeros } from '../tensor/index.js';
 import { Linear, type Module } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import { readAdapterConfig } from '../adapters/files.js';
 import { AdaptedLayer, MixedLoraDelta, RowRouting, getMethod, rankAndScale, type LoraConfig } from '../adapters/index.js';
 
 /** A client error: the HTTP layer answers it with 4xx and the message. */
@@ -129,12 +130,11 @@ export class AdapterStore {
   /** Read and validate an adapter against the base model: LoRA only, known layers, right shapes. */
   private readAdapter(name: string, path: string): Map<string, { A: Float32Array; B: Float32Array; r: number; scale: number }> {
     const cfgPath = join(path, 'adapter_config.json');
-    if (!existsSync(cfgPath)) throw new RequestError(`${path}: no adapter_config.json`);
     let raw: Record<string, unknown>;
     try {
-      raw = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+      raw = readAdapterConfig(path);
     } catch (e) {
-      throw new RequestError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
+      throw new RequestError((e as Error).message);
     }
     if (raw.peft_type !== 'LORA') throw new RequestError(`adapter "${name}" is ${JSON.stringify(raw.peft_type)}; the server batches LoRA adapters`);
     let cfg: LoraConfig;

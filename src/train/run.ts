@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { AdaptkitError, type Tensor, parameter } from '../tensor/index.js';
 import { AdapterModel, type AdapterInstance } from '../adapters/index.js';
-import { SafetensorsFile } from '../io/safetensors.js';
+import { readTensorMap } from '../adapters/files.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
@@ -177,13 +177,7 @@ export function runTraining(o: RunOptions): RunResult {
     saveWeights: (dir) => (inst ? am.save(dir, ADAPTER) : saveModelFolder(o.model, {}, dir, { overwrite: true })),
     loadWeights: (dir) => {
       const file = join(dir, inst ? 'adapter_model.safetensors' : 'model.safetensors');
-      const f = new SafetensorsFile(file);
-      const tensors = new Map<string, Tensor>();
-      try {
-        for (const k of f.keys()) tensors.set(k, f.read(k));
-      } finally {
-        f.close();
-      }
+      const tensors = readTensorMap(file);
       if (inst) inst.loadStateDict(tensors, file);
       else for (const [k, p] of o.model.namedParameters()) (p.storage.data as Float32Array).set(tensors.get(k)!.toArray() as Float32Array, p.offset);
     },

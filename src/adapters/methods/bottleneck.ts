@@ -15,6 +15,7 @@ import { Linear, Module } from '../../nn/index.js';
 import { baseJson, optBool, optInt, optNumber, optString, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
+import { deltaStateDict } from '../files.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig, TargetInfo } from '../types.js';
 
 export type Placement = 'houlsby' | 'pfeiffer' | 'parallel';
@@ -125,9 +126,7 @@ class BottleneckAdapter implements AdapterInstance {
     return [...this.deltas.values()].flatMap((d) => d.parameters());
   }
   stateDict(): Map<string, Tensor> {
-    const out = new Map<string, Tensor>();
-    for (const [p, d] of this.deltas) for (const [k, t] of d.namedParameters()) out.set(`base_model.model.${p}.${k}`, t);
-    return out;
+    return deltaStateDict(this.deltas);
   }
   loadStateDict(t: Map<string, Tensor>, source: string): void {
     loadInto(this.stateDict(), t, source);

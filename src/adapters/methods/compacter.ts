@@ -11,6 +11,7 @@ import { Module } from '../../nn/index.js';
 import { baseJson, optInt } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
+import { deltaStateDict } from '../files.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from '../types.js';
 import { type BottleneckConfig, activate, bottleneckSize, parseBottleneck, placementTargets, targetWidth } from './bottleneck.js';
 
@@ -62,9 +63,7 @@ class CompacterAdapter implements AdapterInstance {
     return [this.rule.A, ...[...this.deltas.values()].flatMap((d) => d.parameters())];
   }
   stateDict(): Map<string, Tensor> {
-    const out = new Map<string, Tensor>([['base_model.compacter_phm_rule', this.rule.A]]);
-    for (const [p, d] of this.deltas) for (const [k, t] of d.namedParameters()) out.set(`base_model.model.${p}.${k}`, t);
-    return out;
+    return new Map([['base_model.compacter_phm_rule', this.rule.A], ...deltaStateDict(this.deltas)]);
   }
   loadStateDict(t: Map<string, Tensor>, source: string): void {
     loadInto(this.stateDict(), t, source);
