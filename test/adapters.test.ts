@@ -312,3 +312,19 @@ describe('SVD-based LoRA initializations', () => {
     }
   });
 });
+
+describe('target selection and adapter management', () => {
+  it('honours layers_to_transform, exclude_modules and regex targets, and deletes adapters', () => {
+    const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
+    const a = am.add('a', { peft_type: 'LORA', r: 2, target_modules: ['q_proj', 'v_proj'], layers_to_transform: [1] });
+    assert.deepEqual([...a.deltas.keys()], ['model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj']);
+    const b = am.add('b', { peft_type: 'LORA', r: 2, target_modules: '.*\\.(k_proj|o_proj)', exclude_modules: ['layers.0.self_attn.o_proj'] });
+    assert.deepEqual([...b.deltas.keys()].sort(), ['model.layers.0.self_attn.k_proj', 'model.layers.1.self_attn.k_proj', 'model.layers.1.self_attn.o_proj']);
+    am.setActive(['a', 'b']);
+    assert.equal(am.trainableParameters().length, 10);
+    am.delete('a');
+    assert.deepEqual([...am.adapters.keys()], ['b']);
+    assert.deepEqual(am.active, ['b']);
+    assert.throws(() => am.setActive(['a']), /no adapter named "a" \(have: b\)/);
+  });
+});

@@ -287,3 +287,47 @@ describe('math answers', () => {
     assert.equal(ak.finalNumber('no digits here'), null);
   });
 });
+
+describe('trainer options', () => {
+  const bin = join(ak.dataDir(), 'models', 'stories260K', 'stories260K.bin');
+  const tokf = join(ak.dataDir(), 'models', 'stories260K', 'tok512.bin');
+  const tok = ak.loadTokenizer(bin, tokf, 512);
+  const data = Array.from({ length: 40 }, (_, i) => ak.toExample({ kind: 'completion', prompt: `Tom has ${i} toys.`, completion: ' He is happy.' }, tok));
+
+  it('full fine-tuning trains every weight and saves a model folder', () => {
+    const model = ak.loadModel(bin).model as ak.LlamaForCausalLM;
+    const before = Array.from(model.model.norm.weight.toArray());
+    const r = ak.runTraining({ model, tokenizer: tok, method: 'full', methodOptions: {}, train: data, validation: [], outDir: join(tmp, 'full'), config: { steps: 3, batchSize: 8, lr: 1e-3 } });
+    assert.ok(existsSync(join(r.adapterDir, 'model.safetensors')));
+    assert.notDeepEqual(Array.from(model.model.norm.weight.toArray()), before);
+    assert.equal(r.report.trainable_parameters, model.numParameters());
+  });
+
+  it('gradient accumulation of 2 x 4 examples equals one batch of 8 when every example has equal length', () => {
+    const run = (batchSize: number, gradAccum: number, out: string) => {
+      const r = ak.runTraining({ model: ak.loadModel(bin).model, tokenizer: tok, method: 'lora', methodOptions: { r: 2 }, train: data.slice(0, 8), validation: [], outDir: join(tmp, out), config: { steps: 1, batchSize, gradAccum, lr: 1e-2, maxGradNorm: 0 } });
+      const t = ak.readSafetensors(join(r.adapterDir, 'adapter_model.safetensors')).tensors;
+      return Object.keys(t).sort().flatMap((k) => Array.from(t[k]!.toArray()));
+    };
+    assertClose(run(4, 2, 'acc-b'), run(8, 1, 'acc-a'), 'accumulated update', 1e-6, 1e-4);
+  });
+
+  it('early stopping ends the run when the evaluation stops improving', () => {
+    const r = ak.runTraining({
+      model: ak.loadModel(bin).model, tokenizer: tok, method: 'lora', methodOptions: { r: 2 }, train: data, validation: data.slice(0, 4),
+      outDir: join(tmp, 'early'), config: { steps: 200, batchSize: 8, lr: 0.5, schedule: 'constant', evalEvery: 2, earlyStoppingPatience: 2 },
+    });
+    assert.ok(r.result.stoppedEarly);
+    assert.ok(r.result.steps < 200);
+  });
+
+  it('packs several examples into a row and renders chat records with a template', () => {
+    const b = ak.collate(data.slice(0, 6), 0, { pack: true, maxLen: 64 });
+    assert.ok(b.ids.shape[0]! < 6, 'fewer rows than examples');
+    assert.equal(b.lossTokens, data.slice(0, 6).reduce((n, e) => n + e.completion.length, 0));
+    const chatml = "{% for m in messages %}{{'<|' + m['role'] + '|>' + m['content'] + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
+    const e = ak.toExample({ kind: 'chat', messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello there' }] }, tok, { chatTemplate: chatml });
+    assert.equal(tok.decode([...e.tail]).trimStart(), '<|user|>Hi\n<|assistant|>');
+    assert.equal(tok.decode([...e.tail, ...e.completion]).endsWith('Hello there\n'), true);
+  });
+});
