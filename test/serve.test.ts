@@ -203,3 +203,26 @@ describe('backpressure and shutdown', () => {
     }
   });
 });
+
+import { Engine } from '../src/serve/engine.js';
+
+describe('engine', () => {
+  it('preempts sequences when the KV cache is full and recomputes them to the same outputs', () => {
+    const bin = join(D, 'stories260K.bin');
+    const tok = ak.loadTokenizer(bin, join(D, 'tok512.bin'), 512);
+    const reqs = Array.from({ length: 6 }, (_, i) => ({ id: String(i), promptIds: tok.encode(['Once upon a time', 'Lily saw', 'The dog'][i % 3]!), adapter: i % 2 ? 'ad1' : null, maxTokens: 40, temperature: 0 }));
+    const run = (kvMb: number, batch: number) => {
+      // 0.12 MiB holds 12 blocks of 8 positions for this model: two requests fit, six do not
+      const e = new Engine(ak.loadModel(bin).model as any, tok, { maxBatch: batch, kvCacheMb: kvMb, blockSize: 8, maxLoadedAdapters: 4, maxRank: 8, maxQueue: 100, contextLength: 256, adapterDir: ADAPTERS });
+      const out: Record<string, string> = {};
+      for (const r of reqs) e.submit(r, () => {}, (d) => (out[d.id] = d.text), (err) => { throw err; });
+      while (!e.idle) e.step();
+      return { out, m: e.metrics() };
+    };
+    const alone = run(8, 1);
+    const tight = run(0.12, 6);
+    assert.ok(tight.m.preemptions > 0, `preemptions: ${tight.m.preemptions} (blocks ${tight.m.totalBlocks})`);
+    assert.deepEqual(tight.out, alone.out);
+    assert.equal(tight.m.freeBlocks, tight.m.totalBlocks);
+  });
+});
