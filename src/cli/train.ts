@@ -15,7 +15,8 @@ import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
 import { METHODS, type MethodName, labelFirstTokens, runTraining } from '../train/run.js';
-import { type DemoTask, runDemo } from '../train/demo.js';
+import { type DemoTask, demoModelDir, runDemo } from '../train/demo.js';
+import { dataDir } from '../io/data.js';
 import type { ScheduleName } from '../train/schedule.js';
 import { resolveModel } from './models.js';
 
@@ -234,12 +235,13 @@ export function registerTrainCommands(program: Command): void {
     .option('--steps <n>', 'training steps (default 150 for sms, 80 for gsm8k)')
     .option('--seed <n>', 'seed', '0')
     .option('--json', 'JSON-lines progress and a final JSON line')
-    .action((task: string, o: { dataDir?: string; out: string; steps?: string; seed: string; json?: boolean }) => {
+    .action(async (task: string, o: { dataDir?: string; out: string; steps?: string; seed: string; json?: boolean }) => {
       if (task !== 'sms' && task !== 'gsm8k') throw new AdaptkitError(`demo task must be sms or gsm8k, got "${task}"`);
       const steps = o.steps === undefined ? (task === 'sms' ? 150 : 80) : int('steps', o.steps, 1);
       const out = o.out || join('runs', `demo-${task}`);
       if (existsSync(out) && !statSync(out).isDirectory()) throw new AdaptkitError(`${out} is not a folder`);
-      const r = runDemo({ task: task as DemoTask, dataDir: o.dataDir, outDir: out, steps, seed: int('seed', o.seed), progress: makeProgress(steps, { json: !!o.json }) });
+      const modelDir = await demoModelDir(dataDir(o.dataDir));
+      const r = runDemo({ task: task as DemoTask, dataDir: o.dataDir, modelDir, outDir: out, steps, seed: int('seed', o.seed), progress: makeProgress(steps, { json: !!o.json }) });
       if (o.json) {
         console.log(JSON.stringify({ task: r.task, before: r.before, after: r.after, seconds: r.seconds, adapter_dir: r.adapter_dir }));
         return;

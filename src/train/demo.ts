@@ -5,6 +5,8 @@
  *   gsm8k — LoRA on GSM8K questions; held-out NLL per token.
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { snapshotDownload } from '../io/hub.js';
 import { join } from 'node:path';
 import { AdaptkitError, Rng } from '../tensor/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
@@ -48,13 +50,37 @@ function shuffle<T>(items: T[], seed: number): T[] {
   return items;
 }
 
-export function runDemo(o: DemoOptions): DemoResult {
+/** The demo model's files, as llama2.c published them (sha256 checked after a download). */
+export const STORIES260K = {
+  repo: 'karpathy/tinyllamas',
+  files: { 'stories260K/stories260K.bin': 'b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696', 'stories260K/tok512.bin': '037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312' } as Record<string, string>,
+};
+
+/**
+ * The folder holding stories260K.bin and tok512.bin: the offline data folder, or else the files
+ * downloaded from the Hub into the HF cache (their sha256 checked against the published files).
+ */
+export async function demoModelDir(root: string): Promise<string> {
+  const local = join(root, 'models', 'stories260K');
+  if (existsSync(join(local, 'stories260K.bin'))) return local;
+  const snap = await snapshotDownload(STORIES260K.repo, { filter: (f) => f in STORIES260K.files });
+  for (const [f, sum] of Object.entries(STORIES260K.files)) {
+    const got = createHash('sha256').update(readFileSync(join(snap, f))).digest('hex');
+    if (got !== sum) throw new AdaptkitError(`${f} from ${STORIES260K.repo} has sha256 ${got}, expected ${sum}`);
+  }
+  return join(snap, 'stories260K');
+}
+
+export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   const t0 = Date.now();
   const root = dataDir(o.dataDir);
-  const modelDir = join(root, 'models', 'stories260K');
+  const modelDir = o.modelDir ?? join(root, 'models', 'stories260K');
   const bin = join(modelDir, 'stories260K.bin');
   if (!existsSync(bin)) {
     throw new AdaptkitError(`${bin} not found: point --data-dir (or ADAPTKIT_DATA) at the folder holding models/stories260K and datasets/`);
+  }
+  for (const d of [o.task === 'sms' ? join(root, 'datasets', 'sms_spam', 'SMSSpamCollection') : join(root, 'datasets', 'gsm8k', 'train.jsonl')]) {
+    if (!existsSync(d)) throw new AdaptkitError(`${d} not found: the demo reads its dataset from --data-dir (or ADAPTKIT_DATA); see the README`);
   }
   // the demo replaces only its own earlier runs
   if (existsSync(o.outDir) && readdirSync(o.outDir).length > 0) {
