@@ -4,7 +4,7 @@
  * `StepCache`, which writes the step's new keys/values into the sequences' blocks and hands
  * attention each row's past (padded to the longest) followed by the new positions.
  */
-import { AdaptkitError, type Tensor, concat, fromBuffer } from '../tensor/index.js';
+import { AdaptkitError, type Tensor, fromBuffer } from '../tensor/index.js';
 
 export class BlockPool {
   readonly k: Float32Array[];
@@ -84,8 +84,10 @@ export class StepCache {
     const [B, H, T, D] = k.shape as [number, number, number, number];
     const { pool } = this;
     const bs = pool.blockSize;
-    const kd = k.toArray() as Float32Array;
-    const vd = v.toArray() as Float32Array;
+    const kc = k.isContiguous() ? k : k.contiguous();
+    const vc = v.isContiguous() ? v : v.contiguous();
+    const kd = kc.buffer() as Float32Array;
+    const vd = vc.buffer() as Float32Array;
     // write the new positions into each sequence's blocks
     this.seqs.forEach((s, b) => {
       for (let t = 0; t < this.fresh[b]!; t++) {
@@ -100,23 +102,29 @@ export class StepCache {
       }
     });
     if (this.length === 0) return { k, v };
-    // each row's past, padded to the longest, then this step's positions
+    // one buffer per side: each row's past (from its blocks, zero-padded to the longest), then this step's positions
     const P = this.length;
-    const pk = new Float32Array(B * H * P * D);
-    const pv = new Float32Array(B * H * P * D);
+    const W = P + T;
+    const ok = new Float32Array(B * H * W * D);
+    const ov = new Float32Array(B * H * W * D);
     this.seqs.forEach((s, b) => {
-      for (let start = 0; start < s.length; start += bs) {
-        const block = s.blocks[start / bs]!;
-        const n = Math.min(bs, s.length - start);
-        for (let h = 0; h < H; h++) {
+      for (let h = 0; h < H; h++) {
+        const row = (b * H + h) * W * D;
+        for (let start = 0; start < s.length; start += bs) {
+          const block = s.blocks[start / bs]!;
+          const n = Math.min(bs, s.length - start);
           const src = block * pool.blockFloats + h * bs * D;
-          const dst = ((b * H + h) * P + start) * D;
-          pk.set(pool.k[layer]!.subarray(src, src + n * D), dst);
-          pv.set(pool.v[layer]!.subarray(src, src + n * D), dst);
+          ok.set(pool.k[layer]!.subarray(src, src + n * D), row + start * D);
+          ov.set(pool.v[layer]!.subarray(src, src + n * D), row + start * D);
         }
+        const src = (b * H + h) * T * D;
+        ok.set(kd.subarray(src, src + T * D), row + P * D);
+        ov.set(vd.subarray(src, src + T * D), row + P * D);
       }
     });
-    return { k: concat([fromBuffer(pk, [B, H, P, D]), k], 2), v: concat([fromBuffer(pv, [B, H, P, D]), v], 2) };
+    if (kc !== k) kc.dispose();
+    if (vc !== v) vc.dispose();
+    return { k: fromBuffer(ok, [B, H, W, D]), v: fromBuffer(ov, [B, H, W, D]) };
   }
 
   /** After the forward: the sequences now hold their new positions. */
