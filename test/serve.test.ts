@@ -176,6 +176,9 @@ describe('HTTP server', () => {
     const totalBlocks = Number(/adaptkit_kv_blocks_total (\d+)/.exec(metrics)![1]);
     assert.equal(free, totalBlocks, 'every KV block is back in the pool');
     assert.ok(Number(/adaptkit_adapter_evictions_total (\d+)/.exec(metrics)![1]) > 0, 'adapters were evicted and reloaded');
+    // memory stays within the configured budgets: 4 MiB of KV cache, 12 adapter slots
+    assert.ok(Number(/adaptkit_kv_cache_bytes (\d+)/.exec(metrics)![1]) <= 4 * 2 ** 20);
+    assert.match(metrics, /adaptkit_loaded_adapters (\d|1[0-2])\n/);
   });
 });
 

@@ -13,8 +13,7 @@ import { parseLlamaConfig } from './llama/config.js';
 import { buildLlama } from './llama/load.js';
 import type { LlamaForCausalLM } from './llama/model.js';
 import { type GPT2LMHeadModel, buildGPT2, parseGPT2Config } from './gpt2/model.js';
-import { BertForSequenceClassification as BertForSequenceClassificationClass, buildBert, parseBertConfig } from './bert/model.js';
-type BertForSequenceClassification = BertForSequenceClassificationClass;
+import { BertForSequenceClassification, buildBert, parseBertConfig } from './bert/model.js';
 import { WeightMap } from './weights.js';
 import type { Tokenizer } from './tokenizer.js';
 
@@ -43,7 +42,7 @@ export interface LoadedModel<M = CausalModel> {
 /** A causal language model (Llama family, GPT-2). */
 export function loadModel(path: string): LoadedModel {
   const r = loadAnyModel(path);
-  if (r.model instanceof BertForSequenceClassificationClass) throw new AdaptkitError(`${path}: a BERT encoder is not a causal language model`);
+  if (r.model instanceof BertForSequenceClassification) throw new AdaptkitError(`${path}: a BERT encoder is not a causal language model`);
   return r as LoadedModel;
 }
 

@@ -83,6 +83,8 @@ export interface EngineMetrics {
   adapterMisses: number;
   adapterEvictions: number;
   loadedAdapters: number;
+  adapterBytes: number;
+  kvCacheBytes: number;
 }
 
 function kvShape(model: Module): { layers: number; kvHeads: number; headDim: number } {
@@ -133,6 +135,7 @@ export class Engine {
       queue: this.waiting.length, running: this.running.length, generatedTokens: this.generated, tokensPerSecond: this.rate.value,
       preemptions: this.preemptions, freeBlocks: this.pool.freeBlocks, totalBlocks: this.pool.numBlocks,
       adapterHits: st.hits, adapterMisses: st.misses, adapterEvictions: st.evictions, loadedAdapters: st.loaded,
+      adapterBytes: this.store.stackBytes(), kvCacheBytes: this.pool.numBlocks * this.pool.blockFloats * this.pool.layers * 2 * 4,
     };
   }
 

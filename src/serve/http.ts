@@ -286,6 +286,8 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       '# HELP adaptkit_adapter_cache_misses_total Adapter loads.', '# TYPE adaptkit_adapter_cache_misses_total counter', `adaptkit_adapter_cache_misses_total ${m.adapterMisses}`,
       '# HELP adaptkit_adapter_evictions_total Adapters evicted (LRU).', '# TYPE adaptkit_adapter_evictions_total counter', `adaptkit_adapter_evictions_total ${m.adapterEvictions}`,
       '# HELP adaptkit_loaded_adapters Adapters in memory.', '# TYPE adaptkit_loaded_adapters gauge', `adaptkit_loaded_adapters ${m.loadedAdapters}`,
+      '# HELP adaptkit_adapter_memory_bytes Memory of the adapter slots (fixed by --max-loaded-adapters and --max-rank).', '# TYPE adaptkit_adapter_memory_bytes gauge', `adaptkit_adapter_memory_bytes ${m.adapterBytes}`,
+      '# HELP adaptkit_kv_cache_bytes Memory of the KV-cache block pool (fixed by --kv-cache-mb).', '# TYPE adaptkit_kv_cache_bytes gauge', `adaptkit_kv_cache_bytes ${m.kvCacheBytes}`,
       '# HELP adaptkit_http_requests_total HTTP generation requests by status.', '# TYPE adaptkit_http_requests_total counter',
       ...[...counters.requests].map(([code, n]) => `adaptkit_http_requests_total{status="${code}"} ${n}`),
     ];
