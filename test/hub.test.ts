@@ -11,8 +11,11 @@ import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
 import { snapshotDownload } from '../src/io/hub.js';
 import { loadModel } from '../src/models/load.js';
+import { dataDir } from '../src/io/data.js';
+import { demoModelDir } from '../src/train/demo.js';
 
 const FIX = fileURLToPath(new URL('./fixtures/models/llama-gqa/', import.meta.url));
+const STORIES = join(dataDir(), 'models', 'stories260K');
 const FILES = ['config.json', 'model.safetensors'];
 const COMMIT = 'a'.repeat(40);
 delete process.env.HF_TOKEN;
@@ -34,7 +37,21 @@ before(async () => {
       res.writeHead(401).end('unauthorized');
       return;
     }
-    let m = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/main$/.exec(url.pathname);
+    const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/main$/.exec(url.pathname);
+    if (api && api[1] === 'karpathy/tinyllamas') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ id: api[1], sha: COMMIT, siblings: ['stories260K/stories260K.bin', 'stories260K/tok512.bin', 'stories15M.bin'].map((rfilename) => ({ rfilename })) }));
+      return;
+    }
+    const story = /^\/karpathy\/tinyllamas\/resolve\/[0-9a-f]{40}\/stories260K\/(.+)$/.exec(url.pathname);
+    if (story) {
+      let body = readFileSync(join(STORIES, story[1]!));
+      if (mode.corrupt) body = Buffer.from(body.map((b, i) => (i === 100 ? b ^ 1 : b)));
+      res.writeHead(200, { etag: `"${createHash('sha1').update(body).digest('hex')}"`, 'content-length': body.length });
+      res.end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+    let m = api;
     if (m) {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ id: m[1], sha: COMMIT, siblings: [...FILES, 'README.md'].map((rfilename) => ({ rfilename })) }));
@@ -118,6 +135,29 @@ describe('Hub download', () => {
     }
     const blobs = join(cache, 'models--org--corrupt', 'blobs');
     assert.deepEqual(readdirSync(blobs).filter((f) => f.length === 64 || f.endsWith('.incomplete')), []);
+  });
+
+  it('fetches the demo model when the data folder lacks it, and checks its sha256', async () => {
+    const env = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_HUB_CACHE: process.env.HF_HUB_CACHE };
+    process.env.HF_ENDPOINT = endpoint;
+    try {
+      process.env.HF_HUB_CACHE = join(cache, 'bad');
+      mode.corrupt = true;
+      await assert.rejects(demoModelDir(join(cache, 'no-data')), /stories260K\/stories260K.bin from karpathy\/tinyllamas has sha256 [0-9a-f]+, expected b0a507e7/);
+      mode.corrupt = false;
+      process.env.HF_HUB_CACHE = join(cache, 'good');
+      const dir = await demoModelDir(join(cache, 'no-data'));
+      assert.deepEqual(readFileSync(join(dir, 'stories260K.bin')), readFileSync(join(STORIES, 'stories260K.bin')));
+      assert.ok(!existsSync(join(dir, '..', 'stories15M.bin')), 'only the demo files are fetched');
+      // with the data folder in place nothing is downloaded
+      assert.equal(await demoModelDir(dataDir()), STORIES);
+    } finally {
+      mode.corrupt = false;
+      for (const [k, v] of Object.entries(env)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
   });
 
   it('sends HF_TOKEN to gated repositories', async () => {
