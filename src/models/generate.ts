@@ -34,8 +34,14 @@ export interface GenerateResult {
 
 /** Choose the next token from a row of logits. */
 export function sampleToken(logits: Float32Array, history: readonly number[], o: SamplingOptions, rng: Rng): number {
-  const v = Float64Array.from(logits);
   const pen = o.repetitionPenalty ?? 1;
+  if ((o.temperature ?? 0) <= 0 && pen === 1) {
+    // greedy without a penalty: the argmax, with no copy of the row
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  const v = Float64Array.from(logits);
   if (pen !== 1) {
     for (const t of new Set(history)) if (t >= 0 && t < v.length) v[t] = v[t]! > 0 ? v[t]! / pen : v[t]! * pen;
   }

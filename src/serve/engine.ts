@@ -227,7 +227,8 @@ export class Engine {
 
   private emit(s: Seq, row: Float32Array): void {
     const r = s.req;
-    const next = sampleToken(row, [...r.promptIds, ...s.generated], {
+    const history = (r.repetitionPenalty ?? 1) !== 1 ? [...r.promptIds, ...s.generated] : [];
+    const next = sampleToken(row, history, {
       temperature: r.temperature, topK: r.topK, topP: r.topP, repetitionPenalty: r.repetitionPenalty,
     }, s.rng);
     s.pending = [next];
