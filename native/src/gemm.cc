@@ -160,6 +160,51 @@ float* aligned_buffer(std::vector<float>& v, size_t n) {
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
+#ifdef ADAPTKIT_X86
+const bool g_has_avx2 = __builtin_cpu_supports("avx2");
+alignas(64) const float kZeros[ADAPTKIT_KC] = {};
+
+// Transposed B panel: nr rows of B (each contiguous in k) become kc lines of nr values. Rows past
+// the edge read zeros. Eight rows x eight k-steps are moved at a time through an 8x8 register transpose.
+__attribute__((target("avx2"))) void pack_bt_avx2(const GemmArgs& g, int64_t pc, int64_t kc, int64_t j,
+                                                 int64_t nr, int64_t cols, float* dst) {
+  const float* rows[64];
+  for (int64_t q = 0; q < nr; q++) rows[q] = q < cols ? g.b + (j + q) * g.ldb + pc : kZeros;
+  int64_t p = 0;
+  for (; p + 8 <= kc; p += 8) {
+    for (int64_t q = 0; q < nr; q += 8) {
+      const __m256 r0 = _mm256_loadu_ps(rows[q] + p), r1 = _mm256_loadu_ps(rows[q + 1] + p);
+      const __m256 r2 = _mm256_loadu_ps(rows[q + 2] + p), r3 = _mm256_loadu_ps(rows[q + 3] + p);
+      const __m256 r4 = _mm256_loadu_ps(rows[q + 4] + p), r5 = _mm256_loadu_ps(rows[q + 5] + p);
+      const __m256 r6 = _mm256_loadu_ps(rows[q + 6] + p), r7 = _mm256_loadu_ps(rows[q + 7] + p);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+      const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+      const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+      float* d = dst + p * nr + q;
+      _mm256_storeu_ps(d + 0 * nr, _mm256_permute2f128_ps(s0, s4, 0x20));
+      _mm256_storeu_ps(d + 1 * nr, _mm256_permute2f128_ps(s1, s5, 0x20));
+      _mm256_storeu_ps(d + 2 * nr, _mm256_permute2f128_ps(s2, s6, 0x20));
+      _mm256_storeu_ps(d + 3 * nr, _mm256_permute2f128_ps(s3, s7, 0x20));
+      _mm256_storeu_ps(d + 4 * nr, _mm256_permute2f128_ps(s0, s4, 0x31));
+      _mm256_storeu_ps(d + 5 * nr, _mm256_permute2f128_ps(s1, s5, 0x31));
+      _mm256_storeu_ps(d + 6 * nr, _mm256_permute2f128_ps(s2, s6, 0x31));
+      _mm256_storeu_ps(d + 7 * nr, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+  }
+  for (; p < kc; p++)
+    for (int64_t q = 0; q < nr; q++) dst[p * nr + q] = rows[q][p];
+}
+#endif
+
 // Pack op(B)[pc:pc+kc, jc+j0 : jc+j0+nr*panels] into NR-wide panels (zero-padded).
 void pack_b_panel(const GemmArgs& g, int64_t pc, int64_t kc, int64_t j, int64_t nr, float* dst) {
   const int64_t cols = std::min<int64_t>(nr, g.n - j);
@@ -171,6 +216,12 @@ void pack_b_panel(const GemmArgs& g, int64_t pc, int64_t kc, int64_t j, int64_t 
       for (int64_t q = cols; q < nr; q++) d[q] = 0.f;
     }
   } else {
+#ifdef ADAPTKIT_X86
+    if (g_has_avx2 && nr % 8 == 0) {
+      pack_bt_avx2(g, pc, kc, j, nr, cols, dst);
+      return;
+    }
+#endif
     // B is stored transposed: gather nr rows of it, 8 k-steps at a time, writing whole lines
     const float* rows[64];
     for (int64_t q = 0; q < nr; q++) rows[q] = q < cols ? g.b + (j + q) * g.ldb + pc : nullptr;
