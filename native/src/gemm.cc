@@ -346,18 +346,20 @@ void gemm_small_m(const GemmArgs& g, bool threads) {
         for (int64_t p = 0; p < g.k; p++) axpy_row(A[i * g.k + p], g.b + p * g.ldb + j0, c, j1 - j0);
       }
     } else {
-      for (int64_t i = 0; i < g.m; i++) {
-        const float* a = A + i * g.k;
-        float* c = g.c + i * g.n;
-        int64_t j = j0;
-        float d[4];
-        for (; j + 4 <= j1; j += 4) {
-          dot4(a, g.b + j * g.ldb, g.b + (j + 1) * g.ldb, g.b + (j + 2) * g.ldb, g.b + (j + 3) * g.ldb, g.k, d);
+      // four rows of B at a time stay in L1 while every row of A meets them: B is read from memory once
+      int64_t j = j0;
+      float d[4];
+      for (; j + 4 <= j1; j += 4) {
+        for (int64_t i = 0; i < g.m; i++) {
+          float* c = g.c + i * g.n;
+          dot4(A + i * g.k, g.b + j * g.ldb, g.b + (j + 1) * g.ldb, g.b + (j + 2) * g.ldb, g.b + (j + 3) * g.ldb, g.k, d);
           for (int q = 0; q < 4; q++) c[j + q] = g.accumulate ? c[j + q] + d[q] : d[q];
         }
-        for (; j < j1; j++) {
-          const float v = dot1(a, g.b + j * g.ldb, g.k);
-          c[j] = g.accumulate ? c[j] + v : v;
+      }
+      for (; j < j1; j++) {
+        for (int64_t i = 0; i < g.m; i++) {
+          const float v = dot1(A + i * g.k, g.b + j * g.ldb, g.k);
+          g.c[i * g.n + j] = g.accumulate ? g.c[i * g.n + j] + v : v;
         }
       }
     }
