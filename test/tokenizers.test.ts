@@ -29,6 +29,56 @@ describe('tokenizers', () => {
     });
   }
 
+  it('TextStream emits, token by token, exactly the text the whole sequence decodes to after the prompt', () => {
+    const toks = [
+      ggufTokenizer(join(VOCAB, 'ggml-vocab-gpt-2.gguf')),
+      ggufTokenizer(join(VOCAB, 'ggml-vocab-llama-spm.gguf')),
+      Llama2cTokenizer.fromFile(join(dataDir(), 'tokenizers', 'llama2-32k-tokenizer.bin'), 32000),
+    ];
+    let checked = 0;
+    const texts = [
+      "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～ and then   some spaces\n\nnew lines",
+      'нещо на Български 🦙🦙 Führer ½ months, 3333 tokens',
+    ];
+    for (const tok of toks) {
+      for (const text of texts) {
+        const ids = tok.encode(text, { bos: true });
+        for (const cut of [0, 1, 3, 7]) {
+          const prompt = ids.slice(0, cut);
+          const gen = ids.slice(cut);
+          const promptText = tok.decode(prompt);
+          const full = tok.decode([...prompt, ...gen]);
+          if (!full.startsWith(promptText)) continue; // the cut splits a character
+          checked++;
+          const want = full.slice(promptText.length);
+          const stream = new ak.TextStream(tok, prompt);
+          let got = '';
+          for (const id of gen) {
+            const delta = stream.push(id);
+            assert.ok(!delta.includes('\uFFFD'), `an incomplete character was emitted: ${JSON.stringify(delta)}`);
+            got += delta;
+            assert.ok(want.startsWith(got), `${JSON.stringify(got)} is not a prefix of ${JSON.stringify(want)}`);
+          }
+          got += stream.flush();
+          assert.equal(got, want);
+          assert.equal(stream.text, want);
+        }
+      }
+    }
+    assert.ok(checked >= 20, `only ${checked} cases checked`);
+  });
+
+  it('TextStream decodes a short window per token, however long the prompt and the output', () => {
+    const tok = ggufTokenizer(join(VOCAB, 'ggml-vocab-gpt-2.gguf'));
+    let longest = 0;
+    const counting = { decode: (ids: readonly number[]) => { longest = Math.max(longest, ids.length); return tok.decode(ids); } };
+    const ids = tok.encode('The quick brown fox jumps over the lazy dog. '.repeat(100), { bos: false });
+    const stream = new ak.TextStream(counting, ids.slice(0, 500));
+    for (const id of ids.slice(500)) stream.push(id);
+    assert.equal(stream.text + stream.flush(), tok.decode(ids).slice(tok.decode(ids.slice(0, 500)).length));
+    assert.ok(ids.length > 900 && longest <= 10, `longest decoded window: ${longest} tokens`);
+  });
+
   it('gpt-2 and llama-spm decode their encodings back to the text', () => {
     for (const name of ['gpt-2', 'llama-spm']) {
       const tok = ggufTokenizer(join(VOCAB, `ggml-vocab-${name}.gguf`));

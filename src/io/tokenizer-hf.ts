@@ -62,6 +62,7 @@ export class HfTokenizer {
   }
 
   decode(ids: readonly number[], opts: { skipSpecial?: boolean } = {}): string {
+    if (ids.length === 0) return '';
     return this.impl.decode([...ids], { skip_special_tokens: opts.skipSpecial ?? true });
   }
 

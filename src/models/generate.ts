@@ -1,6 +1,7 @@
 /** Autoregressive decoding with a KV cache: greedy or sampled, streamed token by token. */
 import { AdaptkitError, Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
 import type { Tokenizer } from './tokenizer.js';
+import { TextStream } from './detokenize.js';
 
 /**
  * Any model with a forward over a KV cache: a base model, or an adapter model wrapping one. The
@@ -96,7 +97,7 @@ export function generate(
       const last = narrow(logits, 1, ids.length - 1, 1);
       return last.toArray() as Float32Array;
     }));
-  const promptText = tokenizer.decode(promptIds);
+  const stream = new TextStream(tokenizer, promptIds);
   try {
     let logits = step(promptIds);
     const history = [...promptIds];
@@ -108,7 +109,8 @@ export function generate(
       }
       out.push(next);
       history.push(next);
-      let text = decodeAfter(tokenizer, promptIds, promptText, out);
+      stream.push(next);
+      let text = stream.text;
       const hit = opts.stopStrings?.map((s) => text.indexOf(s, Math.max(0, emitted.length - s.length))).filter((i) => i >= 0);
       if (hit && hit.length > 0) {
         text = text.slice(0, Math.min(...hit));
@@ -124,16 +126,10 @@ export function generate(
       if (out.length >= maxTokens) break;
       logits = step([next]);
     }
-    const text = finish === 'stop' && emitted.length > 0 && opts.stopStrings?.length ? emitted : decodeAfter(tokenizer, promptIds, promptText, out);
+    const text = finish === 'stop' && emitted.length > 0 && opts.stopStrings?.length ? emitted : stream.text + stream.flush();
     if (onText && text.length > emitted.length && text.startsWith(emitted)) onText(text.slice(emitted.length));
     return { tokens: out, text, finishReason: finish };
   } finally {
     cache.dispose();
   }
-}
-
-/** Text of `out` as it reads after the prompt (tokenizers decode a token differently at the start). */
-function decodeAfter(tok: Tokenizer, prompt: readonly number[], promptText: string, out: readonly number[]): string {
-  const full = tok.decode([...prompt, ...out]);
-  return full.startsWith(promptText) ? full.slice(promptText.length) : tok.decode(out);
 }

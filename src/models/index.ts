@@ -3,6 +3,7 @@ export { generate, sampleToken, type SamplingOptions, type GenerateResult, type 
 export { convertLlama2c } from './convert.js';
 export { KVCache } from './cache.js';
 export type { Tokenizer } from './tokenizer.js';
+export { TextStream } from './detokenize.js';
 export { LlamaForCausalLM } from './llama/model.js';
 export { parseLlamaConfig, type LlamaConfig } from './llama/config.js';
 export { GPT2LMHeadModel, parseGPT2Config, type GPT2Config } from './gpt2/model.js';

@@ -9,6 +9,7 @@ import { Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.
 import type { Module } from '../nn/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { sampleToken } from '../models/generate.js';
+import { TextStream } from '../models/detokenize.js';
 import { AdapterStore, RequestError } from './adapter-store.js';
 import { BlockPool, SequenceKV, StepCache } from './paged-cache.js';
 
@@ -61,7 +62,7 @@ interface Seq {
   slot: number;
   generated: number[];
   emitted: string;
-  promptText: string;
+  stream: TextStream;
   rng: Rng;
   /** Tokens to feed next (the prompt, or after preemption the prompt plus what was generated). */
   pending: number[];
@@ -124,7 +125,7 @@ export class Engine {
     const needBlocks = Math.ceil((req.promptIds.length + req.maxTokens) / this.pool.blockSize);
     if (needBlocks > this.pool.numBlocks) throw new RequestError(`the request needs ${needBlocks} KV blocks, more than the server's ${this.pool.numBlocks}`);
     this.waiting.push({
-      req, kv: new SequenceKV(), slot: 0, generated: [], emitted: '', promptText: this.tokenizer.decode(req.promptIds),
+      req, kv: new SequenceKV(), slot: 0, generated: [], emitted: '', stream: new TextStream(this.tokenizer, req.promptIds),
       rng: new Rng(req.seed ?? 0), pending: req.promptIds.slice(), onToken, onDone, onError, admitted: 0,
     });
   }
@@ -236,9 +237,9 @@ export class Engine {
     s.generated.push(next);
     this.generated++;
     this.rate.tokens++;
-    const full = this.tokenizer.decode([...r.promptIds, ...s.generated]);
-    let text = full.startsWith(s.promptText) ? full.slice(s.promptText.length) : this.tokenizer.decode(s.generated);
-    const hit = r.stop?.map((st) => text.indexOf(st)).filter((i) => i >= 0);
+    s.stream.push(next);
+    let text = s.stream.text;
+    const hit = r.stop?.map((st) => text.indexOf(st, Math.max(0, s.emitted.length - st.length))).filter((i) => i >= 0);
     if (hit && hit.length) {
       text = text.slice(0, Math.min(...hit));
       if (text.length > s.emitted.length) s.onToken({ id: r.id, text: text.slice(s.emitted.length) });
@@ -260,8 +261,7 @@ export class Engine {
       s.onError(err ?? new Error('generation failed'));
       return;
     }
-    const full = this.tokenizer.decode([...s.req.promptIds, ...s.generated]);
-    const text = reason === 'stop' && s.req.stop?.length ? s.emitted : full.startsWith(s.promptText) ? full.slice(s.promptText.length) : s.emitted;
+    const text = reason === 'stop' && s.req.stop?.length ? s.emitted : s.stream.text + s.stream.flush();
     if (text.length > s.emitted.length && text.startsWith(s.emitted)) s.onToken({ id: s.req.id, text: text.slice(s.emitted.length) });
     s.onDone({ id: s.req.id, text, finishReason: reason, promptTokens: s.req.promptIds.length, completionTokens: s.generated.length });
   }
