@@ -8,8 +8,8 @@ import type { Tokenizer } from './tokenizer.js';
  * the character completes, or until `flush()`.
  */
 export class TextStream {
+  /** The decode window: ids[0, readOff) is already emitted context, the rest is new. */
   private ids: number[];
-  private prefixOff = 0;
   private readOff: number;
   /** All text emitted so far. */
   text = '';
@@ -32,14 +32,13 @@ export class TextStream {
 
   private advance(final: boolean): string {
     if (this.readOff >= this.ids.length) return '';
-    const before = this.tokenizer.decode(this.ids.slice(this.prefixOff, this.readOff));
-    const after = this.tokenizer.decode(this.ids.slice(this.prefixOff));
+    const before = this.tokenizer.decode(this.ids.slice(0, this.readOff));
+    const after = this.tokenizer.decode(this.ids);
     if (after.length <= before.length || (!final && after.endsWith('\uFFFD'))) return '';
     const delta = after.slice(before.length);
     this.text += delta;
-    // keep the window short: drop what lies before the new prefix
+    // the next window starts at the tokens just emitted
     this.ids = this.ids.slice(this.readOff);
-    this.prefixOff = 0;
     this.readOff = this.ids.length;
     return delta;
   }
