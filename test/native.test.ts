@@ -1,6 +1,11 @@
 /** The native backend against the js reference, and its argument checks. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
 import { assertClose, randomArray } from './helpers.js';
 
@@ -140,5 +145,89 @@ describe('native backend', { skip: native ? false : `not built: ${ak.nativeLoadE
   it('reports its SIMD kernel and a positive FMA peak', () => {
     assert.match(native!.simd, /^(avx512|avx2|generic)$/);
     assert.ok(native!.fmaPeakGflops(1, 0.02) > 0);
+  });
+});
+
+describe('native failures are errors, not aborts', { skip: native ? false : `not built: ${ak.nativeLoadError()}` }, () => {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const fixture = fileURLToPath(new URL('./fixtures/native-failures.ts', import.meta.url));
+  type Case = { case: string; error?: string | null; type?: string; ok?: boolean; threads?: number; code?: number };
+
+  // In a child process, so an abort fails the test instead of killing the runner.
+  function runFixture(mode: string, env: NodeJS.ProcessEnv = {}): Map<string, Case> {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', fixture, mode], {
+      cwd: root, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000,
+    });
+    assert.equal(r.error, undefined, `the child did not run: ${r.error}`);
+    assert.equal(r.signal, null, `the child died of ${r.signal}:\n${r.stdout}\n${r.stderr}`);
+    assert.equal(r.status, 0, `the child exited with ${r.status}:\n${r.stdout}\n${r.stderr}`);
+    const cases = new Map<string, Case>();
+    for (const line of r.stdout.split('\n')) {
+      if (!line.startsWith('{')) continue;
+      const c = JSON.parse(line) as Case;
+      cases.set(c.case, c);
+    }
+    return cases;
+  }
+  function get(cases: Map<string, Case>, name: string): Case {
+    const c = cases.get(name);
+    assert.ok(c, `the child reported nothing for "${name}"`);
+    return c;
+  }
+  let oom: Map<string, Case> | undefined;
+  const oomCases = () => (oom ??= runFixture('oom'));
+
+  it('attention whose scratch cannot be allocated throws an AdaptkitError naming the op, then computes as before', () => {
+    const cases = oomCases();
+    for (const op of ['attention', 'attentionBackward']) {
+      const c = get(cases, `${op} huge scratch`);
+      assert.equal(c.type, 'AdaptkitError', `${op}: ${c.error}`);
+      assert.match(c.error ?? '', new RegExp(`^${op} \\(native\\): cannot allocate .+ of scratch for T=4194304 \\(`));
+    }
+    assert.equal(get(cases, 'after scratch failure').ok, true);
+  });
+
+  it('setThreads refuses counts outside [1, max] before they reach the thread pool', () => {
+    const cases = oomCases();
+    for (const n of ['1024', '0', '1.5', 'NaN']) {
+      const c = get(cases, `setThreads ${n}`);
+      assert.equal(c.type, 'AdaptkitError', `setThreads(${n}): ${c.error}`);
+      assert.match(c.error ?? '', new RegExp(`^setThreads \\(native\\): thread count must be an integer in \\[1, \\d+\\], got ${n}$`));
+    }
+    assert.deepEqual(get(cases, 'after bad thread counts'), { case: 'after bad thread counts', ok: true, threads: 3 });
+  });
+
+  it('absurd extents next to an empty one return at once instead of looping for 2^53 steps', () => {
+    const cases = oomCases();
+    assert.equal(get(cases, 'empty extents').ok, true);
+    assert.match(get(cases, 'copy through zero strides').error ?? '', /^copy \(native\): dst view has \d+ elements, its buffer 1$/);
+  });
+
+  it('adaptkit --threads 1024 fails with the range instead of starting 1024 threads', () => {
+    const c = get(runFixture('cli'), 'cli --threads 1024');
+    assert.equal(c.code, 1);
+    assert.match(c.error ?? '', /^adaptkit: .*thread count must be an integer in \[1, \d+\], got 1024$/);
+  });
+
+  it('threads the OS refuses to create are an error; the pool falls back and keeps computing', { skip: process.platform !== 'linux' && 'needs LD_PRELOAD' }, (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'adaptkit-native-'));
+    try {
+      const so = join(dir, 'fail-thread-create.so');
+      const cc = spawnSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', so, join(root, 'test', 'fixtures', 'fail-thread-create.c'), '-ldl'], { encoding: 'utf8' });
+      if (cc.status !== 0) {
+        t.skip(`no C compiler for the preload: ${cc.error?.message ?? cc.stderr}`);
+        return;
+      }
+      const cases = runFixture('threads', { LD_PRELOAD: [so, process.env.LD_PRELOAD].filter(Boolean).join(' ') });
+      // loading the addon could not start its workers either: it runs on the calling thread
+      assert.equal(get(cases, 'threads at load').threads, 1);
+      const c = get(cases, 'setThreads 8');
+      assert.equal(c.type, 'AdaptkitError', c.error ?? '');
+      assert.match(c.error ?? '', /^setThreads \(native\): cannot start 8 threads \(.+\); 1 running$/);
+      assert.equal(get(cases, 'after thread creation failure').ok, true);
+      assert.equal(get(cases, 'one thread').ok, true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

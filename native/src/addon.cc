@@ -1,9 +1,16 @@
 // N-API bindings. Arguments are validated by the TypeScript wrapper (src/backend/native) before
-// they get here; this layer still checks argument types so a wrong call throws instead of crashing.
+// they get here; this layer still checks argument types so a wrong call throws instead of crashing,
+// and turns every C++ exception into a JavaScript Error that names the op (see Dispatch).
 #include <napi.h>
 
+#include <cmath>
 #include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 
+#include "errors.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "threadpool.h"
@@ -78,11 +85,32 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   auto o = Napi::Object::New(info.Env());
   o.Set("kernel", ak::gemm_kernel_name());
   o.Set("threads", ak::ThreadPool::instance().threads());
+  o.Set("maxThreads", ak::ThreadPool::max_threads());
   return o;
 }
 
+// A thread count in [1, max_threads()], or a RangeError naming the value and the range.
+int thread_count(const Napi::CallbackInfo& info, size_t i) {
+  const int max = ak::ThreadPool::max_threads();
+  const double n = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : NAN;
+  if (!(n >= 1 && n <= max && n == std::floor(n)))
+    throw Napi::RangeError::New(info.Env(), "thread count must be an integer in [1, " + std::to_string(max) +
+                                                "], got " + info[i].ToString().Utf8Value());
+  return static_cast<int>(n);
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
-  ak::ThreadPool::instance().set_threads(static_cast<int>(N(info, 0)));
+  const int n = thread_count(info, 0);
+  ak::ThreadPool& pool = ak::ThreadPool::instance();
+  try {
+    pool.set_threads(n);
+  } catch (const std::bad_alloc&) {
+    throw ak::KernelError("cannot start " + std::to_string(n) + " threads (out of memory); " +
+                          std::to_string(pool.threads()) + " running");
+  } catch (const std::exception& e) {
+    throw ak::KernelError("cannot start " + std::to_string(n) + " threads (" + e.what() + "); " +
+                          std::to_string(pool.threads()) + " running");
+  }
   return info.Env().Undefined();
 }
 
@@ -92,7 +120,12 @@ Napi::Value SetGemmKernel(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), ak::fma_peak_gflops(static_cast<int>(N(info, 0)), D(info, 1)));
+  const int threads = thread_count(info, 0);
+  const double seconds = D(info, 1);
+  // the calibration scales an iteration count by this, so it must be a sane, finite duration
+  if (!(seconds > 0 && seconds <= 60))
+    throw Napi::RangeError::New(info.Env(), "seconds must be in (0, 60], got " + info[1].ToString().Utf8Value());
+  return Napi::Number::New(info.Env(), ak::fma_peak_gflops(threads, seconds));
 }
 
 Napi::Value Unary(const Napi::CallbackInfo& info) {
@@ -265,31 +298,68 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+using BindingFn = Napi::Value (*)(const Napi::CallbackInfo&);
+struct Binding {
+  const char* name;
+  BindingFn fn;
+};
+
+const Binding kBindings[] = {
+    {"info", Info},
+    {"setThreads", SetThreads},
+    {"setGemmKernel", SetGemmKernel},
+    {"fmaPeak", FmaPeak},
+    {"unary", Unary},
+    {"unaryBackward", UnaryBackward},
+    {"binary", Binary},
+    {"where", Where},
+    {"copy", Copy},
+    {"reduce", Reduce},
+    {"matmul", Matmul},
+    {"indexSelect", IndexSelect},
+    {"indexAdd", IndexAdd},
+    {"softmax", Softmax},
+    {"softmaxBackward", SoftmaxBackward},
+    {"rmsnorm", RmsNorm},
+    {"rmsnormBackward", RmsNormBackward},
+    {"layernorm", LayerNorm},
+    {"layernormBackward", LayerNormBackward},
+    {"crossEntropy", CrossEntropy},
+    {"crossEntropyBackward", CrossEntropyBackward},
+    {"attention", Attention},
+    {"attentionBackward", AttentionBackward},
+    {"rope", Rope},
+};
+
+// node-addon-api turns only Napi::Error into a JavaScript exception; any other C++ exception
+// crossing back into V8 aborts the process. One try per call, outside every kernel loop.
+Napi::Value Dispatch(const Napi::CallbackInfo& info) {
+  const Binding& b = *static_cast<const Binding*>(info.Data());
+  const auto error = [&](const std::string& message) {
+    return Napi::Error::New(info.Env(), std::string(b.name) + ": " + message);
+  };
+  try {
+    return b.fn(info);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const ak::KernelError& e) {
+    throw error(e.what());
+  } catch (const std::bad_alloc&) {
+    throw error("cannot allocate working memory (out of memory)");
+  } catch (const std::length_error& e) {
+    throw error(std::string("a buffer size is too large (") + e.what() + ")");
+  } catch (const std::system_error& e) {
+    throw error(std::string("system error: ") + e.what());
+  } catch (const std::exception& e) {
+    throw error(std::string("internal error: ") + e.what());
+  } catch (...) {
+    throw error("unknown internal error");
+  }
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("info", Napi::Function::New(env, Info));
-  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
-  exports.Set("setGemmKernel", Napi::Function::New(env, SetGemmKernel));
-  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak));
-  exports.Set("unary", Napi::Function::New(env, Unary));
-  exports.Set("unaryBackward", Napi::Function::New(env, UnaryBackward));
-  exports.Set("binary", Napi::Function::New(env, Binary));
-  exports.Set("where", Napi::Function::New(env, Where));
-  exports.Set("copy", Napi::Function::New(env, Copy));
-  exports.Set("reduce", Napi::Function::New(env, Reduce));
-  exports.Set("matmul", Napi::Function::New(env, Matmul));
-  exports.Set("indexSelect", Napi::Function::New(env, IndexSelect));
-  exports.Set("indexAdd", Napi::Function::New(env, IndexAdd));
-  exports.Set("softmax", Napi::Function::New(env, Softmax));
-  exports.Set("softmaxBackward", Napi::Function::New(env, SoftmaxBackward));
-  exports.Set("rmsnorm", Napi::Function::New(env, RmsNorm));
-  exports.Set("rmsnormBackward", Napi::Function::New(env, RmsNormBackward));
-  exports.Set("layernorm", Napi::Function::New(env, LayerNorm));
-  exports.Set("layernormBackward", Napi::Function::New(env, LayerNormBackward));
-  exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
-  exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
-  exports.Set("attention", Napi::Function::New(env, Attention));
-  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
-  exports.Set("rope", Napi::Function::New(env, Rope));
+  for (const Binding& b : kBindings)
+    exports.Set(b.name, Napi::Function::New<Dispatch>(env, b.name, const_cast<Binding*>(&b)));
   return exports;
 }
 

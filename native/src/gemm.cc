@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -477,8 +478,10 @@ void sgemm_impl(const GemmArgs& g, bool threads) {
 void sgemm(const GemmArgs& g, bool threads) { sgemm_impl(g, threads); }
 
 void sgemm_batched(const GemmArgs& g, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+  // an empty C makes batch unbounded by any buffer; skip it before it becomes a task count
+  if (batch <= 0 || g.m <= 0 || g.n <= 0) return;
   const double flops = 2.0 * g.m * g.n * g.k;
-  if (batch <= 1 || flops >= 4e6) {
+  if (batch <= 1 || flops >= 4e6 || batch > INT_MAX) {
     for (int64_t i = 0; i < batch; i++) {
       GemmArgs gi = g;
       gi.a += i * stride_a;

@@ -4,10 +4,14 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <string>
 #include <vector>
 
+#include "errors.h"
 #include "gemm.h"
 #include "threadpool.h"
 
@@ -347,7 +351,10 @@ AK_CLONES void sum_block(const float* __restrict x, int64_t n, int64_t inner, fl
 }
 }  // namespace
 
+// An empty output leaves the other extents unbounded by any buffer, and looping over them could
+// run for 2^53 iterations writing nothing; the kernels below return first instead.
 void reduce_sum(const float* x, int64_t outer, int64_t n, int64_t inner, float* out) {
+  if (outer <= 0 || inner <= 0) return;
   if (outer == 1 && inner > 1 && n > 1) {
     // column sums (e.g. a bias gradient): split the columns over threads
     parallel_range(inner, std::max<int64_t>(16, (1 << 15) / n), [&](int64_t lo, int64_t hi, int) {
@@ -365,6 +372,7 @@ void reduce_sum(const float* x, int64_t outer, int64_t n, int64_t inner, float* 
 }
 
 void reduce_max(const float* x, int64_t outer, int64_t n, int64_t inner, float* out) {
+  if (inner <= 0) return;
   for (int64_t o = 0; o < outer; o++) {
     const float* xb = x + o * n * inner;
     float* ob = out + o * inner;
@@ -379,6 +387,7 @@ void reduce_max(const float* x, int64_t outer, int64_t n, int64_t inner, float* 
 
 void index_select4(const void* x, int64_t outer, int64_t rows, int64_t inner, const int32_t* idx, int64_t nidx,
                    void* out) {
+  if (inner <= 0 || nidx <= 0) return;
   const uint32_t* xs = static_cast<const uint32_t*>(x);
   uint32_t* os = static_cast<uint32_t*>(out);
   parallel_range(outer * nidx, std::max<int64_t>(1, 4096 / std::max<int64_t>(inner, 1)), [&](int64_t lo, int64_t hi, int) {
@@ -391,6 +400,7 @@ void index_select4(const void* x, int64_t outer, int64_t rows, int64_t inner, co
 
 void index_add(const float* src, int64_t outer, int64_t rows, int64_t inner, const int32_t* idx, int64_t nidx,
                float* out) {
+  if (inner <= 0 || nidx <= 0) return;
   // rows may repeat in idx: split over the inner dim so no two threads touch one element
   parallel_range(inner, 256, [&](int64_t lo, int64_t hi, int) {
     for (int64_t o = 0; o < outer; o++)
@@ -440,12 +450,14 @@ AK_CLONES void softmax_backward_row(const float* __restrict y, const float* __re
 }  // namespace
 
 void softmax(const float* x, int64_t rows, int64_t cols, float* out, bool log) {
+  if (cols <= 0) return;
   parallel_range(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi, int) {
     for (int64_t r = lo; r < hi; r++) softmax_row(x + r * cols, out + r * cols, cols, log);
   });
 }
 
 void softmax_backward(const float* y, const float* g, int64_t rows, int64_t cols, float* out, bool log) {
+  if (cols <= 0) return;
   parallel_range(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi, int) {
     for (int64_t r = lo; r < hi; r++) softmax_backward_row(y + r * cols, g + r * cols, out + r * cols, cols, log);
   });
@@ -667,11 +679,46 @@ void masked_scores(const Attention& a, const float* q, const float* k, const flo
     }
   }
 }
-}  // namespace
 
-void attention(const Attention& a) {
+// The T x T score scratch is the one buffer here sized by arguments alone (dim = 0 or a long
+// sequence makes it huge while the inputs stay small). Every thread keeps its own, so the total is
+// checked up front; an allocation that still fails on a worker comes back through the pool and is
+// reported by scratch_failed.
+std::string scratch_for(const Attention& a) {
+  return a.tq == a.tk ? "T=" + std::to_string(a.tq) : "tq=" + std::to_string(a.tq) + ", tk=" + std::to_string(a.tk);
+}
+
+// Number of tasks (one per head), once it is known to fit the pool's int task index and every
+// running thread's scratch to fit in memory.
+int attention_tasks(const Attention& a, int64_t heads, int buffers) {
+  if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) throw KernelError("heads must be a multiple of kv heads");
+  const int64_t tasks = mul_or_neg(a.batch, heads);
+  if (tasks < 0 || tasks > INT_MAX)
+    throw KernelError("batch x heads = " + std::to_string(a.batch) + " x " + std::to_string(heads) +
+                      " is more than " + std::to_string(INT_MAX) + " tasks");
+  if (tasks == 0) return 0;
+  const int64_t elems = mul_or_neg(mul_or_neg(a.tq, a.tk), buffers);
+  const double per_thread = 4.0 * static_cast<double>(a.tq) * static_cast<double>(a.tk) * buffers;
+  const int concurrent = static_cast<int>(std::min<int64_t>(tasks, pool().threads()));
+  const double total = per_thread * concurrent;
+  const double ram = physical_memory_bytes();
+  if (elems < 0 || static_cast<uint64_t>(elems) > std::vector<float>().max_size() || (ram > 0 && total > ram)) {
+    std::string why = concurrent > 1 ? std::to_string(concurrent) + " threads x " + format_bytes(per_thread) + "; " : "";
+    why += ram > 0 ? "more than the " + format_bytes(ram) + " of physical memory" : "too large to address";
+    throw KernelError("cannot allocate " + format_bytes(total) + " of scratch for " + scratch_for(a) + " (" + why + ")");
+  }
+  return static_cast<int>(tasks);
+}
+
+[[noreturn]] void scratch_failed(const Attention& a, int buffers) {
+  const double per_thread = 4.0 * static_cast<double>(a.tq) * static_cast<double>(a.tk) * buffers;
+  throw KernelError("cannot allocate " + format_bytes(per_thread) + " of scratch for " + scratch_for(a) +
+                    " (out of memory)");
+}
+
+void attention_heads(const Attention& a, int tasks) {
   const int64_t D = a.dim, group = a.heads / a.kv_heads;
-  pool().parallel_for(static_cast<int>(a.batch * a.heads), [&](int bh, int) {
+  pool().parallel_for(tasks, [&](int bh, int) {
     const int64_t b = bh / a.heads, h = bh % a.heads, kvh = h / group;
     const float* q = a.q + bh * a.tq * D;
     const float* k = a.k + (b * a.kv_heads + kvh) * a.tk * D;
@@ -703,10 +750,10 @@ void attention(const Attention& a) {
   });
 }
 
-void attention_backward(const Attention& a) {
+void attention_backward_heads(const Attention& a, int tasks) {
   const int64_t D = a.dim, group = a.heads / a.kv_heads;
   // one task per (batch, kv head): it owns dk/dv of that head, so nothing is shared
-  pool().parallel_for(static_cast<int>(a.batch * a.kv_heads), [&](int bk, int) {
+  pool().parallel_for(tasks, [&](int bk, int) {
     const int64_t b = bk / a.kv_heads, kvh = bk % a.kv_heads;
     const float* k = a.k + bk * a.tk * D;
     const float* v = a.v + bk * a.tk * D;
@@ -749,9 +796,33 @@ void attention_backward(const Attention& a) {
     }
   });
 }
+}  // namespace
+
+void attention(const Attention& a) {
+  const int tasks = attention_tasks(a, a.heads, 1);
+  try {
+    attention_heads(a, tasks);
+  } catch (const std::bad_alloc&) {
+    scratch_failed(a, 1);
+  } catch (const std::length_error&) {
+    scratch_failed(a, 1);
+  }
+}
+
+void attention_backward(const Attention& a) {
+  const int tasks = attention_tasks(a, a.kv_heads, 2);
+  try {
+    attention_backward_heads(a, tasks);
+  } catch (const std::bad_alloc&) {
+    scratch_failed(a, 2);
+  } catch (const std::length_error&) {
+    scratch_failed(a, 2);
+  }
+}
 
 void rope(const float* x, const float* cos, const float* sin, int64_t outer, int64_t t, int64_t d, float* out,
           bool inverse) {
+  if (d <= 0) return;  // see reduce_sum
   const int64_t half = d / 2;
   const float sign = inverse ? -1.0f : 1.0f;
   parallel_range(outer * t, std::max<int64_t>(1, 8192 / std::max<int64_t>(d, 1)), [&](int64_t lo, int64_t hi, int) {

@@ -4,10 +4,15 @@
 // that the OS deschedules (another process on the core) simply claims fewer tasks instead of
 // stalling a barrier. Idle workers spin briefly for back-to-back kernels, then sleep on a
 // condition variable. Calls from a second thread while a job runs execute serially in the caller.
+//
+// An exception thrown by a task never leaves a worker (that would call std::terminate): the first
+// one is kept, the job's remaining tasks are skipped, and run() rethrows it on the calling thread
+// once every claimed task has finished, so the caller's stack frames outlive all uses of them.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -22,10 +27,17 @@ class ThreadPool {
   static ThreadPool& instance();
 
   // Total threads including the caller (>= 1).
-  int threads() const { return nthreads_; }
+  int threads() const { return nthreads_.load(std::memory_order_relaxed); }
+  // Largest accepted thread count: the hardware threads, but at least 256 so a small machine can
+  // still be oversubscribed on purpose. Compute kernels gain nothing past the hardware threads,
+  // and the bound keeps a typo from asking the OS for thousands of 8 MB stacks.
+  static int max_threads();
+  // Throws (std::system_error, std::bad_alloc) when the threads cannot be created; the pool then
+  // keeps its previous size, or failing that runs on the calling thread alone, and stays usable.
   void set_threads(int n);
 
-  // Run fn(ctx, i, thread) for i in [0, ntasks); `thread` is in [0, threads()).
+  // Run fn(ctx, i, thread) for i in [0, ntasks); `thread` is in [0, threads()). Rethrows the
+  // first exception a task threw.
   void run(int ntasks, TaskFn fn, void* ctx);
 
   template <class F>
@@ -43,8 +55,9 @@ class ThreadPool {
   void stop();
   void worker_main(int id);
   void work(uint64_t gen, TaskFn fn, void* ctx, int ntasks, int thread);
+  void keep_error(std::exception_ptr e);
 
-  int nthreads_ = 1;
+  std::atomic<int> nthreads_{1};
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
   std::mutex sleep_mutex_;
@@ -58,6 +71,9 @@ class ThreadPool {
   std::atomic<int> ntasks_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> quit_{false};
+  std::atomic<bool> failed_{false};  // a task of the current job threw
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
 };
 
 }  // namespace adaptkit

@@ -4,7 +4,9 @@
  * elementwise, reduction, normalization, loss and attention kernels.
  *
  * Every call is checked here before it crosses into C++: buffer lengths against the sizes the
- * arguments imply, so no argument can make the addon read or write out of bounds.
+ * arguments imply, so no argument can make the addon read or write out of bounds. What only the
+ * addon can judge (scratch that does not fit in memory, threads the OS refuses) comes back as a
+ * JavaScript error naming the op, which `guard` turns into an AdaptkitError; the process survives.
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
@@ -16,7 +18,7 @@ import {
 } from '../../tensor/index.js';
 
 interface Addon {
-  info(): { kernel: string; threads: number };
+  info(): { kernel: string; threads: number; maxThreads: number };
   setThreads(n: number): void;
   setGemmKernel(name: string): boolean;
   fmaPeak(threads: number, seconds: number): number;
@@ -127,7 +129,38 @@ export interface NativeBackend extends KernelSet {
   fmaPeakGflops(threads: number, seconds?: number): number;
 }
 
-function wrap(addon: Addon): NativeBackend {
+/** `op (native): detail` for an error the addon threw as `op: detail`. */
+function nativeError(name: string, e: unknown): AdaptkitError {
+  if (e instanceof AdaptkitError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  const detail = message.startsWith(`${name}: `) ? message.slice(name.length + 2) : message;
+  return new AdaptkitError(`${name} (native): ${detail}`, { cause: e });
+}
+
+/** The addon with every function's errors turned into AdaptkitErrors (one try per call, not per element). */
+function guard(addon: Addon): Addon {
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(addon)) {
+    if (typeof fn !== 'function') continue;
+    out[name] = (...args: unknown[]) => {
+      try {
+        return (fn as (...a: unknown[]) => unknown)(...args);
+      } catch (e) {
+        throw nativeError(name, e);
+      }
+    };
+  }
+  return out as unknown as Addon;
+}
+
+function checkThreads(op: string, n: number, max: number): void {
+  need(Number.isInteger(n) && n >= 1 && n <= max, op, `thread count must be an integer in [1, ${max}], got ${n}`);
+}
+
+function wrap(raw: Addon): NativeBackend {
+  const addon = guard(raw);
+  // the addon's bound: the hardware threads, but at least 256 (native/src/threadpool.h)
+  const maxThreads = addon.info().maxThreads ?? 256;
   return {
     name: 'native',
     get simd() {
@@ -135,12 +168,13 @@ function wrap(addon: Addon): NativeBackend {
     },
     threads: () => addon.info().threads,
     setThreads(n) {
-      need(Number.isInteger(n) && n >= 1 && n <= 1024, 'setThreads', `thread count must be 1..1024, got ${n}`);
+      checkThreads('setThreads', n, maxThreads);
       addon.setThreads(n);
     },
     setGemmKernel: (name) => addon.setGemmKernel(name),
     fmaPeakGflops(threads, seconds = 0.5) {
-      need(Number.isInteger(threads) && threads >= 1, 'fmaPeak', 'threads must be >= 1');
+      checkThreads('fmaPeak', threads, maxThreads);
+      need(Number.isFinite(seconds) && seconds > 0 && seconds <= 60, 'fmaPeak', `seconds must be in (0, 60], got ${seconds}`);
       return addon.fmaPeak(threads, seconds);
     },
     unary(op, x, out) {
@@ -179,6 +213,9 @@ function wrap(addon: Addon): NativeBackend {
       need(src.data.constructor === dst.data.constructor, 'copy', 'source and destination dtypes differ');
       checkView('copy', shape, src, 'src');
       checkView('copy', shape, dst, 'dst');
+      // a view that writes each element once has at most as many elements as its buffer; this also
+      // bounds the loop when zero strides would let a huge shape pass the reach checks
+      need(size(shape) <= dst.data.length, 'copy', `dst view has ${size(shape)} elements, its buffer ${dst.data.length}`);
       addon.copy(meta(shape, [src, dst]), src.data, dst.data);
     },
     sum(x, outer, n, inner, out) {
