@@ -1,4 +1,4 @@
-export { writeFileAtomic } from './atomic.js';
+export { writeFileAtomic, WriteError } from './atomic.js';
 export { SafetensorsFile, WeightSource, readSafetensors, writeSafetensors, serializeSafetensors, type SafetensorsDType } from './safetensors.js';
 export { readLlama2c, llama2cHfConfig, type Llama2cConfig } from './llama2c.js';
 export { Llama2cTokenizer } from './tokenizer-llama2c.js';

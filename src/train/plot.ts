@@ -2,6 +2,37 @@
 import { readFileSync } from 'node:fs';
 import { AdaptkitError } from '../tensor/index.js';
 
+export interface MetricsFile {
+  records: Record<string, unknown>[];
+  /** `file:line: reason` of each line that was not a JSON object (a kill mid-write tears the last one). */
+  malformed: string[];
+}
+
+/** The records of a metrics.jsonl file; malformed lines are skipped and listed, never fatal. */
+export function readMetrics(path: string): MetricsFile {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new AdaptkitError(`${path}: cannot read metrics (${(e as Error).message})`);
+  }
+  const records: Record<string, unknown>[] = [];
+  const malformed: string[] = [];
+  text.split('\n').forEach((line, i) => {
+    if (!line.trim()) return;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch (e) {
+      malformed.push(`${path}:${i + 1}: ${(e as Error).message}`);
+      return;
+    }
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) records.push(v as Record<string, unknown>);
+    else malformed.push(`${path}:${i + 1}: not a JSON object`);
+  });
+  return { records, malformed };
+}
+
 interface Series {
   name: string;
   color: string;
@@ -50,13 +81,12 @@ function panel(title: string, series: Series[], x0: number, y0: number, w: numbe
 
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e'];
 
-/** SVG of the curves in a metrics.jsonl file. */
+/** SVG of the curves in a metrics.jsonl file (malformed lines are skipped with a warning naming file and line). */
 export function plotMetrics(metricsPath: string, title = 'training'): string {
-  let lines: Record<string, unknown>[];
-  try {
-    lines = readFileSync(metricsPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-  } catch (e) {
-    throw new AdaptkitError(`${metricsPath}: cannot read metrics (${(e as Error).message})`);
+  const { records: lines, malformed } = readMetrics(metricsPath);
+  if (malformed.length) {
+    const more = malformed.length > 1 ? ` (and ${malformed.length - 1} more)` : '';
+    process.emitWarning(`skipped a malformed metrics line: ${malformed[0]}${more}`, { code: 'ADAPTKIT_METRICS' });
   }
   const train = lines.filter((l) => l.kind === 'train');
   const evals = lines.filter((l) => l.kind === 'eval');
