@@ -1,151 +1,55 @@
 /**
- * The contract every adapter method keeps, on tiny Llama and GPT-2 checkpoints:
- * zero-init equals the base; merged equals unmerged; PEFT save/load round-trips exactly;
- * gradients match finite differences.
+ * Adapter methods: the contract suite over every registered method's presets plus variants
+ * (contract.ts), target matching, errors, SVD initializations and the prompt-learning definitions.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
-import { AdapterModel } from '../src/adapters/index.js';
+import { AdapterModel, registeredMethods } from '../src/adapters/index.js';
 import { loadModel } from '../src/models/load.js';
 import { assertClose, backends } from './helpers.js';
+import { FIX, type MethodCase, contractSuite, logits, perturb, registryCases } from './contract.js';
 
-const FIX = fileURLToPath(new URL('./fixtures/models/', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-adapters-'));
 
-interface MethodCase {
-  name: string;
-  model: 'llama-gqa' | 'gpt2';
-  config: Record<string, unknown>;
-  mergeable: boolean;
-  /** A new adapter leaves the model unchanged (false for prompt methods, which add positions). */
-  identity?: boolean;
-}
-
-const CASES: MethodCase[] = [
-  { name: 'lora', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj', 'down_proj'] }, mergeable: true },
-  { name: 'rslora+patterns', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, use_rslora: true, target_modules: 'all-linear', rank_pattern: { down_proj: 2 }, alpha_pattern: { 'layers.1.self_attn.q_proj': 3 } }, mergeable: true },
-  { name: 'dora', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 4, use_dora: true, target_modules: ['q_proj', 'k_proj', 'up_proj'] }, mergeable: true },
-  { name: 'lora-gpt2-conv1d', model: 'gpt2', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['c_attn', 'c_fc'], bias: 'all' }, mergeable: true },
-  { name: 'dora-gpt2', model: 'gpt2', config: { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: true, use_dora: true, target_modules: ['c_attn'] }, mergeable: true },
-  { name: 'ia3', model: 'llama-gqa', config: { peft_type: 'IA3' }, mergeable: true },
-  { name: 'ia3-gpt2', model: 'gpt2', config: { peft_type: 'IA3', fan_in_fan_out: true }, mergeable: true },
-  { name: 'hydra', model: 'llama-gqa', config: { peft_type: 'HYDRA', r: 4, lora_alpha: 8, seq_r: 2, target_modules: ['v_proj', 'down_proj'] }, mergeable: true },
-  { name: 'hydra-gpt2', model: 'gpt2', config: { peft_type: 'HYDRA', r: 2, target_modules: ['c_fc'] }, mergeable: true },
-  { name: 'bottleneck-houlsby', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'houlsby', reduction_factor: 8, non_linearity: 'silu', layer_norm: 'before' }, mergeable: false },
-  { name: 'bottleneck-pfeiffer-gpt2', model: 'gpt2', config: { peft_type: 'BOTTLENECK', adapter_type: 'pfeiffer', bottleneck_size: 5, non_linearity: 'gelu' }, mergeable: false },
-  { name: 'bottleneck-parallel', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'parallel', reduction_factor: 4, scaling: 2, non_linearity: 'tanh' }, mergeable: false },
-  { name: 'compacter', model: 'llama-gqa', config: { peft_type: 'COMPACTER', adapter_type: 'houlsby', reduction_factor: 4, phm_dim: 4, phm_rank: 1, non_linearity: 'gelu' }, mergeable: false },
-  { name: 'compacter-gpt2', model: 'gpt2', config: { peft_type: 'COMPACTER', adapter_type: 'pfeiffer', reduction_factor: 2, phm_dim: 2, phm_rank: 2, non_linearity: 'silu' }, mergeable: false },
-  { name: 'prompt-tuning', model: 'llama-gqa', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 3 }, mergeable: false, identity: false },
-  { name: 'prompt-tuning-gpt2', model: 'gpt2', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 2, prompt_tuning_init: 'SAMPLE_VOCAB' }, mergeable: false, identity: false },
-  { name: 'prefix-tuning', model: 'llama-gqa', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 3 }, mergeable: false, identity: false },
-  { name: 'prefix-projection-gpt2', model: 'gpt2', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 2, prefix_projection: true, encoder_hidden_size: 8 }, mergeable: false, identity: false },
+/** Variants beyond the presets: patterns, Conv1D layouts, bias modes, placements, projections. */
+const VARIANTS: MethodCase[] = [
+  { name: 'lora', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj', 'down_proj'] } },
+  { name: 'rslora+patterns', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, use_rslora: true, target_modules: 'all-linear', rank_pattern: { down_proj: 2 }, alpha_pattern: { 'layers.1.self_attn.q_proj': 3 } } },
+  { name: 'dora', model: 'llama-gqa', config: { peft_type: 'LORA', r: 4, lora_alpha: 4, use_dora: true, target_modules: ['q_proj', 'k_proj', 'up_proj'] } },
+  { name: 'lora-gpt2-conv1d', model: 'gpt2', config: { peft_type: 'LORA', r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['c_attn', 'c_fc'], bias: 'all' } },
+  { name: 'dora-gpt2', model: 'gpt2', config: { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: true, use_dora: true, target_modules: ['c_attn'] } },
+  { name: 'ia3', model: 'llama-gqa', config: { peft_type: 'IA3' } },
+  { name: 'ia3-gpt2', model: 'gpt2', config: { peft_type: 'IA3', fan_in_fan_out: true } },
+  { name: 'hydra', model: 'llama-gqa', config: { peft_type: 'HYDRA', r: 4, lora_alpha: 8, seq_r: 2, target_modules: ['v_proj', 'down_proj'] } },
+  { name: 'hydra-gpt2', model: 'gpt2', config: { peft_type: 'HYDRA', r: 2, target_modules: ['c_fc'] } },
+  { name: 'bottleneck-houlsby', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'houlsby', reduction_factor: 8, non_linearity: 'silu', layer_norm: 'before' } },
+  { name: 'bottleneck-pfeiffer-gpt2', model: 'gpt2', config: { peft_type: 'BOTTLENECK', adapter_type: 'pfeiffer', bottleneck_size: 5, non_linearity: 'gelu' } },
+  { name: 'bottleneck-parallel', model: 'llama-gqa', config: { peft_type: 'BOTTLENECK', adapter_type: 'parallel', reduction_factor: 4, scaling: 2, non_linearity: 'tanh' } },
+  { name: 'compacter', model: 'llama-gqa', config: { peft_type: 'COMPACTER', adapter_type: 'houlsby', reduction_factor: 4, phm_dim: 4, phm_rank: 1, non_linearity: 'gelu' } },
+  { name: 'compacter-gpt2', model: 'gpt2', config: { peft_type: 'COMPACTER', adapter_type: 'pfeiffer', reduction_factor: 2, phm_dim: 2, phm_rank: 2, non_linearity: 'silu' } },
+  { name: 'prompt-tuning', model: 'llama-gqa', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 3 } },
+  { name: 'prompt-tuning-gpt2', model: 'gpt2', config: { peft_type: 'PROMPT_TUNING', num_virtual_tokens: 2, prompt_tuning_init: 'SAMPLE_VOCAB' } },
+  { name: 'prefix-tuning', model: 'llama-gqa', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 3 } },
+  { name: 'prefix-projection-gpt2', model: 'gpt2', config: { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 2, prefix_projection: true, encoder_hidden_size: 8 } },
 ];
 
-const IDS = ak.tensor([5, 17, 3, 44, 9, 1, 60, 2], [2, 4], { dtype: 'i32' }).keep();
-
-function logits(am: AdapterModel): Float32Array {
-  return ak.tidy(() => ak.noGrad(() => am.forward(IDS).toArray() as Float32Array));
-}
-
-/** Move every adapter parameter away from its init so the checks are not trivial. */
-function perturb(am: AdapterModel, seed: number): void {
-  const rng = new ak.Rng(seed);
-  ak.noGrad(() => {
-    for (const p of am.trainableParameters()) {
-      const d = p.storage.data as Float32Array;
-      for (let i = 0; i < p.size; i++) d[p.offset + i] = d[p.offset + i]! + 0.1 * rng.normal();
-    }
+describe('the registry covers every method', () => {
+  it('each registered method has a preset, so the contract suite runs on it', () => {
+    for (const m of registeredMethods()) assert.ok((m.presets ?? []).length > 0, `${m.peftType} has no preset`);
   });
-}
+});
 
-for (const backend of backends()) {
-  describe(`adapter contract on ${backend}`, () => {
-    for (const c of CASES) {
-      it(`${c.name}: zero-init equals base, merged equals unmerged, save/load is exact`, () => {
-        ak.setBackend(backend);
-        const base = loadModel(join(FIX, c.model)).model;
-        const am = new AdapterModel(base);
-        const before = logits(am);
-        const inst = am.add('a', c.config, { seed: 1 });
-        assert.ok(inst.parameters().length > 0);
-        if (c.identity !== false) assertClose(logits(am), before, `${c.name} zero-init`, 1e-6, 1e-6);
-        perturb(am, 2);
-        const adapted = logits(am);
-        if (c.identity !== false) assert.ok(adapted.some((v, i) => Math.abs(v - before[i]!) > 1e-3), 'a perturbed adapter changes the output');
-        am.setActive([]);
-        assertClose(logits(am), before, `${c.name} deactivated`, 0, 0);
-        am.setActive(['a']);
-        if (c.mergeable) {
-          am.merge();
-          assertClose(logits(am), adapted, `${c.name} merged`, 1e-4, 1e-4);
-          am.unmerge();
-          assertClose(logits(am), adapted, `${c.name} unmerged`, 0, 0);
-        }
-        const dir = join(tmp, `${c.name}-${backend}`);
-        am.save(dir, 'a');
-        const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8'));
-        assert.equal(cfg.peft_type, c.config.peft_type);
-        const fresh = new AdapterModel(loadModel(join(FIX, c.model)).model);
-        fresh.load(dir, 'b');
-        assert.deepEqual(logits(fresh), adapted);
-        // saving the loaded adapter again gives the same bytes
-        fresh.save(join(dir, 'again'), 'b');
-        assert.deepEqual(readFileSync(join(dir, 'again', 'adapter_model.safetensors')), readFileSync(join(dir, 'adapter_model.safetensors')));
-        assert.deepEqual(readFileSync(join(dir, 'again', 'adapter_config.json'), 'utf8'), readFileSync(join(dir, 'adapter_config.json'), 'utf8'));
-      });
-
-      it(`${c.name}: gradients match finite differences`, () => {
-        ak.setBackend(backend);
-        const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
-        am.add('a', c.config, { seed: 3 });
-        perturb(am, 4);
-        const params = am.trainableParameters();
-        const R = ak.randn([2, 4, 64], { rng: new ak.Rng(5) }).keep();
-        const out = () => {
-          const l = am.forward(IDS);
-          return ak.narrow(l, 1, l.shape[1]! - 4, 4);
-        };
-        const objective = () => ak.tidy(() => ak.sum(ak.mul(out(), R)).item());
-        ak.tidy(() => ak.sum(ak.mul(out(), R)).backward());
-        for (const p of params) assert.ok(p.grad, `${p.name} has a gradient`);
-        if (c.name === 'compacter') assert.ok(params.some((p) => p.name === 'compacter_phm_rule'), 'the shared PHM rule is trained');
-        // frozen base weights never get gradients
-        assert.ok(am.model.parameters().filter((p) => !params.includes(p)).every((p) => p.grad === null));
-        const h = 1e-2;
-        // DoRA treats the weight norm as a constant in backward (the paper's section 4.3, and PEFT),
-        // so only its magnitude vector has the exact derivative
-        const checked = c.config.use_dora ? params.filter((p) => p.name!.endsWith('lora_magnitude_vector')) : params;
-        assert.ok(checked.length > 0);
-        for (const p of checked.slice(0, 6)) {
-          const d = p.storage.data as Float32Array;
-          const g = p.grad!.toArray();
-          for (const j of [0, Math.floor(p.size / 2), p.size - 1]) {
-            const orig = d[p.offset + j]!;
-            d[p.offset + j] = orig + h;
-            const up = ak.noGrad(objective);
-            d[p.offset + j] = orig - h;
-            const down = ak.noGrad(objective);
-            d[p.offset + j] = orig;
-            const fd = (up - down) / (2 * h);
-            assert.ok(Math.abs(fd - g[j]!) <= 2e-2 + 2e-2 * Math.abs(g[j]!), `${p.name}[${j}]: autodiff ${g[j]} vs finite differences ${fd}`);
-          }
-        }
-      });
-    }
-  });
-}
+contractSuite([...registryCases(), ...VARIANTS]);
 
 describe('adapter errors', () => {
   it('lists the available modules when target_modules matches nothing', () => {
     const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
     assert.throws(() => am.add('a', { peft_type: 'LORA', target_modules: ['query'] }), /matched no module of the model. Linear modules are named: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj/);
-    assert.throws(() => am.add('a', { peft_type: 'LOHA' }), /unknown peft_type "LOHA" \(known: .*LORA.*\)/);
+    assert.throws(() => am.add('a', { peft_type: 'LOHA' }), /peft_type "LOHA": unknown \(known: .*LORA.*\)/);
     assert.throws(() => am.add('a', { peft_type: 'LORA', r: 0 }), /"r" must be a number >= 1/);
     assert.throws(() => am.add('a', { peft_type: 'LORA', target_modules: ['c_attn'] }), /matched no module/);
   });
@@ -205,37 +109,7 @@ for (const backend of backends()) {
   });
 }
 
-describe('every method: parameter counts, mixed batches, prompt-learning definitions', () => {
-  for (const c of CASES) {
-    it(`${c.name}: trainable parameters match the method's formula`, () => {
-      const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
-      const inst = am.add('a', c.config, { seed: 1 });
-      const { findTargets } = adapters;
-      const method = inst.method;
-      const targets = method.kind === 'tuner' ? findTargets(am.model, inst.config, method.defaultTargets ? method.defaultTargets(am.model, inst.config) : (am.model.constructor as any).defaultAdapterTargets) : [];
-      assert.equal(method.countParameters!(inst.config, targets), am.numTrainable('a'));
-    });
-
-    it(`${c.name}: a mixed batch (this adapter, none, another) equals each row run alone`, () => {
-      const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
-      am.add('a', c.config, { seed: 1 });
-      am.add('l', { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: c.model === 'gpt2', target_modules: c.model === 'gpt2' ? ['c_attn'] : ['q_proj'] }, { seed: 2 });
-      for (const n of ['a', 'l']) {
-        am.setActive([n]);
-        perturb(am, n.charCodeAt(0) + 7);
-      }
-      const rows = [[5, 17, 3, 44], [9, 1, 60, 2], [7, 7, 8, 9]];
-      const who = c.identity === false ? ['a', 'a', 'a'] : ['a', null, 'l'];
-      const mixed = ak.tidy(() => ak.noGrad(() => am.forwardMixed(ak.tensor(rows.flat(), [3, 4], { dtype: 'i32' }), who).toArray()));
-      const per = mixed.length / 3;
-      rows.forEach((r, i) => {
-        am.setActive(who[i] ? [who[i]!] : []);
-        const alone = ak.tidy(() => ak.noGrad(() => am.forward(ak.tensor(r, [1, 4], { dtype: 'i32' })).toArray()));
-        assertClose(mixed.subarray(i * per, (i + 1) * per), alone, `${c.name} row ${i}`, 1e-4, 1e-4);
-      });
-    });
-  }
-
+describe('prompt-learning definitions', () => {
   for (const model of ['llama-gqa', 'gpt2'] as const) {
     it(`${model}: prompt tuning with the embeddings of tokens X equals the base model on X followed by the input`, () => {
       const am = new AdapterModel(loadModel(join(FIX, model)).model);
@@ -248,7 +122,7 @@ describe('every method: parameter counts, mixed batches, prompt-learning definit
       assertClose(withPrompt, base, 'prompt tuning', 1e-5, 1e-5);
     });
 
-    it(`${model}: prefix tuning with the keys/values of tokens X equals continuing the base model after X`, () => {
+    it(`${model}: prefix tuning with the keys/values of tokens X equals the base model attending to X's cache`, () => {
       const am = new AdapterModel(loadModel(join(FIX, model)).model);
       const m = am.model as any;
       const X = [11, 42, 7];
@@ -256,7 +130,9 @@ describe('every method: parameter counts, mixed batches, prompt-learning definit
       // the base model's cache after reading X, laid out as a prefix table [P, L·2·H·D]
       const cache = m.newCache();
       ak.noGrad(() => m.forward(ak.tensor(X, [1, 3], { dtype: 'i32' }), { cache }));
-      const expected = ak.tidy(() => ak.noGrad(() => m.forward(ak.tensor(ids, [1, 4], { dtype: 'i32' }), { cache }).toArray()));
+      // the virtual positions carry no position: the real tokens keep positions 0..3
+      const positions = ak.tensor([0, 1, 2, 3], [1, 4], { dtype: 'i32' });
+      const expected = ak.tidy(() => ak.noGrad(() => m.forward(ak.tensor(ids, [1, 4], { dtype: 'i32' }), { cache, positions }).toArray()));
       const inst = am.add('p', { peft_type: 'PREFIX_TUNING', num_virtual_tokens: 3 }) as any;
       const { layers, kvHeads, headDim } = inst.info;
       const table = new Float32Array(3 * layers * 2 * kvHeads * headDim);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
 import { AdapterModel, addWeightedAdapter, type LoraDelta } from '../src/adapters/index.js';
-import { taskArithmetic } from '../src/adapters/combine.js';
+import { taskArithmetic } from '../src/adapters/methods/lora-combine.js';
 import { loadModel } from '../src/models/load.js';
 import { assertClose } from './helpers.js';
 

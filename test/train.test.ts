@@ -207,10 +207,10 @@ describe('gradient checkpointing', () => {
         }
         (am.model as any).gradientCheckpointing = ckpt;
         ak.defaultRng.seed(42);
-        ak.tidy(() => {
+        ak.training(() => ak.tidy(() => {
           const ids = ak.tensor([5, 17, 3, 44, 9, 1, 60, 2], [2, 4], { dtype: 'i32' });
           ak.crossEntropy(am.forward(ids), ak.tensor([1, 2, 3, 4, 5, 6, 7, 8], [2, 4], { dtype: 'i32' })).backward();
-        });
+        }));
         return am.trainableParameters().map((p) => Array.from(p.grad!.toArray()));
       };
       const plain = grads(false);

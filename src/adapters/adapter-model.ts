@@ -1,25 +1,16 @@
 /**
- * A base model with named adapters attached. Adapters are created from PEFT configs, made active
- * or inactive by swapping the modules at their target paths, saved and loaded in PEFT's format,
- * and merged into plain weights.
+ * A base model with named adapters attached: adding, activating (by swapping the modules at
+ * their target paths and hook slots), deleting and merging. PEFT file I/O is in peft-io.ts and
+ * mixed-adapter batches in mixed.ts; this class offers both as methods.
  */
-import { join } from 'node:path';
-import { AdaptkitError, Rng, type Tensor, clone, concat, indexSelect, noGrad, ones, parameter, tensor } from '../tensor/index.js';
-import { Linear, Module } from '../nn/index.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { serializeSafetensors } from '../io/safetensors.js';
-import { getMethod } from './registry.js';
-import { findTargets, matches, baseModules } from './targets.js';
+import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../tensor/index.js';
+import { Linear, Module, describeModel } from '../nn/index.js';
+import { getMethod, isMergeable } from './registry.js';
+import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
 import type { AdapterInstance, LayerDelta, RawAdapterConfig } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
-import { pythonJson } from './pyjson.js';
-import { loadInto } from './state.js';
-import { adapterWeightsFile, readAdapterConfig, readTensorMap } from './files.js';
-import { RowRouting, buildMixedDeltas } from './mixed.js';
-import { PrefixAdapter } from './methods/prefix-tuning.js';
-import type { KVCacheLike } from './prompt-common.js';
-
-const FLOAT_KEYS = ['lora_dropout', 'lora_alpha', 'dropout', 'scaling', 'init_scale', 'adapter_scaling'];
+import { loadAdapter, saveAdapter } from './peft-io.js';
+import { forwardMixed, withRowAdapters } from './mixed.js';
 
 export interface AddAdapterOptions {
   seed?: number;
@@ -27,10 +18,10 @@ export interface AddAdapterOptions {
   covariance?: Map<string, Float64Array>;
 }
 
-/** Models export the module names adapters target when a config names none. */
-function defaultTargets(model: Module): string[] | null {
-  const t = (model.constructor as { defaultAdapterTargets?: string[] }).defaultAdapterTargets;
-  return t ?? null;
+/** The forward every supported model has, with the options adapters pass through. */
+interface ForwardModel {
+  forward(ids: Tensor, o?: object): Tensor;
+  newCache?(): { dispose(): void };
 }
 
 function copyTrainable(m: Module, path: string): Module {
@@ -41,11 +32,14 @@ function copyTrainable(m: Module, path: string): Module {
   return copy as unknown as Module;
 }
 
+/** Configs bigger than this many times the base model are refused before anything is allocated. */
+const MAX_ADAPTER_TO_MODEL = 4;
+
 export class AdapterModel<M extends Module = Module> {
   readonly adapters = new Map<string, AdapterInstance>();
   /** Trainable copies of modules_to_save, per adapter, by path. */
-  private saved = new Map<string, Map<string, Module>>();
-  private originals = new Map<string, Module>();
+  readonly saved = new Map<string, Map<string, Module>>();
+  private originals = new Map<string, Module | null>();
   private activeNames: string[] = [];
 
   constructor(readonly model: M) {}
@@ -57,20 +51,32 @@ export class AdapterModel<M extends Module = Module> {
   /** Attach a new adapter from a PEFT config (its parameters freshly initialized). */
   add(name: string, raw: RawAdapterConfig, opts: AddAdapterOptions = {}): AdapterInstance {
     if (this.adapters.has(name)) throw new AdaptkitError(`an adapter named "${name}" already exists`);
-    if (!/^[\w.-]+$/.test(name)) throw new AdaptkitError(`adapter name "${name}" may only use letters, digits, _ . -`);
+    if (!/^[\w.-]{1,128}$/.test(name)) throw new AdaptkitError(`adapter name "${name}" may only use letters, digits, _ . - (at most 128)`);
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new AdaptkitError(`adapter "${name}" config must be an object`);
     const method = getMethod(raw.peft_type);
     const config = method.parseConfig(raw, `adapter "${name}" config`);
+    const descriptor = describeModel(this.model);
     this.restoreAll();
     try {
-      const targets = method.kind === 'tuner' ? findTargets(this.model, config, method.defaultTargets ? method.defaultTargets(this.model, config) : defaultTargets(this.model)) : [];
-      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), model: this.model, covariance: opts.covariance });
+      const targets = method.kind === 'tuner' ? findTargets(this.model, config, defaultTargetsFor(method, this.model, config)) : [];
+      if (method.countParameters) {
+        const n = method.countParameters(config, targets, descriptor);
+        const base = this.model.numParameters();
+        if (n > MAX_ADAPTER_TO_MODEL * Math.max(base, 1 << 20)) {
+          throw new AdaptkitError(`adapter "${name}": its config asks for ${n} parameters, ${Math.round(n / base)}x the base model's ${base}; check the size fields (r, bottleneck size, virtual tokens)`);
+        }
+      }
+      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), model: this.model, descriptor, covariance: opts.covariance });
       this.adapters.set(name, inst);
       if (config.modules_to_save?.length) {
         const copies = new Map<string, Module>();
         for (const [path, m] of baseModules(this.model)) {
-          if (matches(config.modules_to_save, path) !== null && !(m instanceof AdaptedLayer)) copies.set(path, copyTrainable(m, path));
+          if (matches(config.modules_to_save, path, 'modules_to_save') !== null && !(m instanceof AdaptedLayer)) copies.set(path, copyTrainable(m, path));
         }
-        if (copies.size === 0) throw new AdaptkitError(`modules_to_save ${JSON.stringify(config.modules_to_save)} matched no module`);
+        if (copies.size === 0) {
+          this.adapters.delete(name);
+          throw new AdaptkitError(`modules_to_save ${JSON.stringify(config.modules_to_save)} matched no module`);
+        }
         this.saved.set(name, copies);
       }
       if (this.activeNames.length === 0) this.activeNames = [name];
@@ -99,14 +105,38 @@ export class AdapterModel<M extends Module = Module> {
     this.apply();
   }
 
-  /** Run fn with no adapter active, then restore. */
-  withoutAdapters<T>(fn: () => T): T {
+  /** Run fn with these adapters active, then restore the previous ones. */
+  withActive<T>(names: readonly string[], fn: () => T): T {
     const prev = this.activeNames;
-    this.setActive([]);
+    this.setActive(names);
     try {
       return fn();
     } finally {
       this.setActive(prev);
+    }
+  }
+
+  /** Run fn with no adapter active, then restore. */
+  withoutAdapters<T>(fn: () => T): T {
+    return this.withActive([], fn);
+  }
+
+  /**
+   * Run fn with these deltas on these layers instead of the active adapters (the stacked deltas
+   * of mixed batches), then restore.
+   */
+  withDeltas<T>(deltas: ReadonlyMap<string, readonly (LayerDelta & Module)[]>, fn: () => T): T {
+    this.restoreAll();
+    try {
+      for (const [path, ds] of deltas) {
+        const orig = this.model.get(path);
+        this.originals.set(path, orig);
+        this.model.replace(path, new AdaptedLayer(orig as Linear, [...ds]));
+      }
+      return fn();
+    } finally {
+      this.restoreAll();
+      this.apply();
     }
   }
 
@@ -130,12 +160,13 @@ export class AdapterModel<M extends Module = Module> {
     return n;
   }
 
-  private setAt(path: string, m: Module): void {
-    this.model.replace(path, m);
+  private put(path: string, m: Module): void {
+    if (!this.originals.has(path)) this.originals.set(path, this.model.setSlot(path, m));
+    else this.model.setSlot(path, m);
   }
 
   private restoreAll(): void {
-    for (const [path, orig] of this.originals) this.setAt(path, orig);
+    for (const [path, orig] of this.originals) this.model.setSlot(path, orig);
     this.originals.clear();
   }
 
@@ -143,11 +174,12 @@ export class AdapterModel<M extends Module = Module> {
   private apply(): void {
     const byPath = new Map<string, (LayerDelta & Module)[]>();
     const residual = new Map<string, { adapter: string; layer: Linear }>();
+    const hookOwner = new Map<string, string>();
     for (const n of this.activeNames) {
       const inst = this.adapters.get(n)!;
       for (const [path, d] of inst.deltas) {
         if (!byPath.has(path)) byPath.set(path, []);
-        byPath.get(path)!.push(d as LayerDelta & Module);
+        byPath.get(path)!.push(d);
       }
       for (const [path, layer] of inst.residualBase ?? []) {
         const prev = residual.get(path);
@@ -155,13 +187,12 @@ export class AdapterModel<M extends Module = Module> {
         residual.set(path, { adapter: n, layer });
       }
       for (const [path, hook] of inst.hooks ?? []) {
-        if (!this.originals.has(path)) this.originals.set(path, this.model.get(path));
-        this.setAt(path, hook);
+        const prev = hookOwner.get(path);
+        if (prev) throw new AdaptkitError(`adapters "${prev}" and "${n}" both use the hook at "${path}"; activate one at a time`);
+        hookOwner.set(path, n);
+        this.put(path, hook);
       }
-      for (const [path, copy] of this.saved.get(n) ?? []) {
-        if (!this.originals.has(path)) this.originals.set(path, this.model.get(path));
-        this.setAt(path, copy);
-      }
+      for (const [path, copy] of this.saved.get(n) ?? []) this.put(path, copy);
     }
     for (const [path, deltas] of byPath) {
       const orig = this.model.get(path);
@@ -170,15 +201,22 @@ export class AdapterModel<M extends Module = Module> {
       }
       this.originals.set(path, orig);
       const base = residual.get(path)?.layer ?? orig;
-      this.setAt(path, new AdaptedLayer(base as Linear, deltas));
+      this.model.replace(path, new AdaptedLayer(base as Linear, deltas));
     }
   }
 
   /**
-   * Fold the active linear adapters into new base weights and return the plain model (the adapter
-   * model stays usable: call `unmerge()` to put the adapter modules back).
+   * Fold the active adapters into new base weights and return the plain model (the adapter
+   * model stays usable: call `unmerge()` to put the adapter modules back). Only methods with the
+   * merge capability fold; any other active adapter is an error naming it.
    */
   merge(): M {
+    for (const n of this.activeNames) {
+      const inst = this.adapters.get(n)!;
+      if (!isMergeable(inst)) {
+        throw new AdaptkitError(`adapter "${n}" (${inst.method.peftType}) cannot be merged into the base weights: the method is not a reparameterization of linear weights`);
+      }
+    }
     const wrapped = baseModules(this.model).filter(([, m]) => m instanceof AdaptedLayer) as [string, AdaptedLayer][];
     for (const [path, w] of wrapped) {
       const base = w.base_layer as Linear;
@@ -189,7 +227,7 @@ export class AdapterModel<M extends Module = Module> {
         weight = d.mergeWeight(weight);
         bias = d.mergeBias ? d.mergeBias(bias) : bias;
       }
-      this.setAt(path, new Linear(weight.keep(), bias ? bias.keep() : null, base.fanInFanOut));
+      this.model.replace(path, new Linear(weight.keep(), bias ? bias.keep() : null, base.fanInFanOut));
     }
     return this.model;
   }
@@ -199,159 +237,39 @@ export class AdapterModel<M extends Module = Module> {
     this.apply();
   }
 
-  /** The active prefix-tuning adapter, if any (it primes KV caches). */
-  private activePrefix(): PrefixAdapter | null {
-    const p = this.activeNames.map((n) => this.adapters.get(n)!).filter((a): a is PrefixAdapter => a instanceof PrefixAdapter);
-    if (p.length > 1) throw new AdaptkitError(`only one prefix-tuning adapter can be active (have ${p.map((a) => a.name).join(', ')})`);
-    return p[0] ?? null;
-  }
-
-  /** A KV cache for the model, primed with the active prefix adapter's keys/values for `batch` rows. */
-  newCache(batch = 1): KVCacheLike {
-    const m = this.model as unknown as { newCache?: () => KVCacheLike };
+  /** A KV cache for the model (prefix adapters sit in attention hooks, not in the cache). */
+  newCache(): { dispose(): void } {
+    const m = this.model as unknown as ForwardModel;
     if (!m.newCache) throw new AdaptkitError('this model has no KV cache');
-    const cache = m.newCache();
-    this.activePrefix()?.prime(cache, batch);
-    return cache;
+    return m.newCache();
   }
 
-  /**
-   * The model's forward with the active adapters, prompt-learning ones included: a prefix adapter
-   * primes the cache (a fresh one when none is given) and the attention mask grows to cover it.
-   */
-  forward(ids: Tensor, opts: { cache?: KVCacheLike | null; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null } = {}): Tensor {
-    const m = this.model as unknown as { forward(ids: Tensor, o?: object): Tensor };
-    const prefix = this.activePrefix();
-    if (!prefix) return m.forward(ids, opts);
-    const own = !opts.cache;
-    const cache = opts.cache ?? this.newCache(ids.shape[0]!);
-    let mask = opts.attentionMask ?? null;
-    if (mask && mask.shape[1] === ids.shape[1] && cache.length > 0) {
-      mask = concat([ones([ids.shape[0]!, cache.length]), mask], 1);
-    }
-    try {
-      return m.forward(ids, { ...opts, cache, attentionMask: mask });
-    } finally {
-      if (own) cache.release();
-    }
+  /** The model's forward with the active adapters. */
+  forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null } = {}): Tensor {
+    return (this.model as unknown as ForwardModel).forward(ids, opts);
   }
 
-  /**
-   * Run fn with a mixed-adapter batch: row i of the batch uses adapter rowAdapters[i] (null: none).
-   * Base GEMMs are shared; each row's LoRA update is gathered per row.
-   */
+  /** Run fn with a mixed-adapter batch: row i uses adapter rowAdapters[i] (null: none); all row-batched. */
   withRowAdapters<T>(rowAdapters: readonly (string | null)[], fn: () => T): T {
-    const distinct = [...new Set(rowAdapters.filter((a): a is string => a !== null))];
-    for (const n of distinct) if (!this.adapters.has(n)) throw new AdaptkitError(`no adapter named "${n}"`);
-    const routing = new RowRouting();
-    const deltas = buildMixedDeltas(distinct.map((n) => this.adapters.get(n)!), routing);
-    routing.rows = tensor(rowAdapters.map((a) => (a === null ? 0 : distinct.indexOf(a) + 1)), [rowAdapters.length], { dtype: 'i32' });
-    const prev = this.activeNames;
-    this.restoreAll();
-    for (const [path, d] of deltas) {
-      const orig = this.model.get(path);
-      this.originals.set(path, orig);
-      this.setAt(path, new AdaptedLayer(orig as Linear, [d]));
-    }
-    try {
-      return fn();
-    } finally {
-      this.restoreAll();
-      this.activeNames = prev;
-      this.apply();
-      for (const d of deltas.values()) {
-        d.stackA.dispose();
-        d.stackB.dispose();
-        d.scales.dispose();
-      }
-      routing.rows.dispose();
-    }
+    return withRowAdapters(this, rowAdapters, fn);
   }
 
   /**
-   * One forward over a batch whose rows use different adapters (null: none). Plain LoRA adapters
-   * share the base GEMMs (gathered per-row updates); other methods run their rows as groups and
-   * the results are put back in row order.
+   * One forward over a batch whose rows use different adapters (null: none). Adapters with the
+   * row-batched capability share the base GEMMs; others run their rows as groups.
    */
   forwardMixed(ids: Tensor, rowAdapters: readonly (string | null)[], opts: { attentionMask?: Tensor | null } = {}): Tensor {
-    if (rowAdapters.length !== ids.shape[0]) throw new AdaptkitError(`${rowAdapters.length} row adapters for a batch of ${ids.shape[0]} rows`);
-    const names = [...new Set(rowAdapters.filter((a): a is string => a !== null))];
-    for (const n of names) if (!this.adapters.has(n)) throw new AdaptkitError(`no adapter named "${n}"`);
-    const gatherable = names.every((n) => {
-      try {
-        buildMixedDeltas([this.adapters.get(n)!], new RowRouting()).forEach((d) => { d.stackA.dispose(); d.stackB.dispose(); d.scales.dispose(); });
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    const m = this.model as unknown as { forward(ids: Tensor, o?: object): Tensor };
-    if (gatherable) return this.withRowAdapters(rowAdapters, () => m.forward(ids, opts));
-    const groups = new Map<string | null, number[]>();
-    rowAdapters.forEach((a, i) => groups.set(a, [...(groups.get(a) ?? []), i]));
-    const prev = this.activeNames;
-    const parts: Tensor[] = [];
-    const order: number[] = [];
-    try {
-      for (const [name, rows] of groups) {
-        this.setActive(name === null ? [] : [name]);
-        const idx = tensor(rows, [rows.length], { dtype: 'i32' });
-        const mask = opts.attentionMask ? indexSelect(opts.attentionMask, 0, idx) : null;
-        parts.push(this.forward(indexSelect(ids, 0, idx), { attentionMask: mask }));
-        order.push(...rows);
-      }
-    } finally {
-      this.setActive(prev);
-    }
-    const shape = parts[0]!.shape.slice(1);
-    for (const p of parts) {
-      if (p.shape.slice(1).some((d, i) => d !== shape[i])) {
-        throw new AdaptkitError('rows of this mixed batch produce outputs of different lengths (prompt-learning adapters add positions); batch them separately');
-      }
-    }
-    const inverse = new Array<number>(order.length);
-    order.forEach((row, at) => (inverse[row] = at));
-    return indexSelect(concat(parts, 0), 0, tensor(inverse, [inverse.length], { dtype: 'i32' }));
+    return forwardMixed(this, ids, rowAdapters, opts);
   }
 
   /** Save one adapter as adapter_config.json + adapter_model.safetensors (atomically). */
   save(dir: string, name = this.activeNames[0]): void {
     if (!name) throw new AdaptkitError('no adapter to save');
-    const inst = this.adapters.get(name);
-    if (!inst) throw new AdaptkitError(`no adapter named "${name}"`);
-    const tensors: Record<string, Tensor> = {};
-    for (const [k, t] of inst.stateDict()) tensors[k] = t;
-    for (const [path, m] of this.saved.get(name) ?? []) {
-      for (const [k, t] of m.namedParameters()) tensors[`base_model.model.${path}.${k}`] = t;
-    }
-    writeFileAtomic(join(dir, 'adapter_model.safetensors'), serializeSafetensors(tensors, { metadata: { format: 'pt' } }));
-    writeFileAtomic(join(dir, 'adapter_config.json'), Buffer.from(pythonJson(inst.configJson(), FLOAT_KEYS)));
+    saveAdapter(this, dir, name);
   }
 
   /** Load a PEFT adapter folder under `name` (strict: every saved tensor must be used). */
   load(dir: string, name = 'default'): AdapterInstance {
-    const raw = readAdapterConfig(dir);
-    const wfile = adapterWeightsFile(dir);
-    const tensors = readTensorMap(wfile);
-    // PiSSA/CorDA adapters are loaded as plain LoRA over the given base: their init already ran
-    const rawForLoad = raw.peft_type === 'LORA' ? { ...raw, init_lora_weights: true } : raw;
-    const inst = this.add(name, rawForLoad);
-    Object.assign(inst.config, { raw }, raw.peft_type === 'LORA' ? { init_lora_weights: raw.init_lora_weights ?? true } : {});
-    const savedParams = new Map<string, Tensor>();
-    for (const [path, m] of this.saved.get(name) ?? []) {
-      for (const [k, t] of m.namedParameters()) savedParams.set(`base_model.model.${path}.${k}`, t);
-    }
-    try {
-      const mine = new Map<string, Tensor>();
-      const theirs = new Map<string, Tensor>();
-      for (const [k, t] of tensors) (savedParams.has(k) ? theirs : mine).set(k, t);
-      inst.loadStateDict(mine, wfile);
-      if (savedParams.size) loadInto(savedParams, theirs, wfile);
-    } catch (e) {
-      this.delete(name);
-      throw e;
-    }
-    for (const t of tensors.values()) t.dispose();
-    return inst;
+    return loadAdapter(this, dir, name);
   }
 }

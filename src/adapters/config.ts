@@ -1,8 +1,17 @@
 /** Parsing helpers shared by method configs (PEFT field names, PEFT defaults). */
 import { AdaptkitError } from '../tensor/index.js';
 import type { BaseAdapterConfig, RawAdapterConfig } from './types.js';
+import { compilePattern, fullMatch } from './patterns.js';
 
 export class AdapterConfigError extends AdaptkitError {}
+
+/** A value for an error message: short, whatever the value (configs are untrusted input). */
+export function showValue(v: unknown): string {
+  if (Array.isArray(v)) return v.length <= 4 && v.every((x) => typeof x !== 'object' || x === null) ? JSON.stringify(v) : `a list of ${v.length}`;
+  if (v !== null && typeof v === 'object') return `an object with ${Object.keys(v).length} keys`;
+  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}...` : v);
+  return String(v);
+}
 
 export function fail(source: string, key: string, msg: string): never {
   throw new AdapterConfigError(`${source}: "${key}" ${msg}`);
@@ -11,7 +20,7 @@ export function fail(source: string, key: string, msg: string): never {
 export function optNumber(raw: RawAdapterConfig, key: string, fallback: number, source: string, min = -Infinity): number {
   const v = raw[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) fail(source, key, `must be a number >= ${min}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) fail(source, key, `must be a number >= ${min}, got ${showValue(v)}`);
   return v;
 }
 
@@ -24,7 +33,7 @@ export function optInt(raw: RawAdapterConfig, key: string, fallback: number, sou
 export function optBool(raw: RawAdapterConfig, key: string, fallback: boolean, source: string): boolean {
   const v = raw[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') fail(source, key, `must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean') fail(source, key, `must be true or false, got ${showValue(v)}`);
   return v;
 }
 
@@ -32,16 +41,23 @@ export function optString<T extends string>(raw: RawAdapterConfig, key: string, 
   const v = raw[key];
   if (v === undefined || v === null) return fallback;
   if (typeof v !== 'string' || (allowed && !allowed.includes(v as T))) {
-    fail(source, key, allowed ? `must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${JSON.stringify(v)}` : `must be a string, got ${JSON.stringify(v)}`);
+    fail(source, key, allowed ? `must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${showValue(v)}` : `must be a string, got ${showValue(v)}`);
   }
   return v as T;
 }
 
-export function numberMap(raw: RawAdapterConfig, key: string, source: string): Record<string, number> {
+export function numberMap(raw: RawAdapterConfig, key: string, source: string, min = -Infinity): Record<string, number> {
   const v = raw[key];
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'number')) {
-    fail(source, key, 'must map module-name patterns to numbers');
+  if (typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'number' || !Number.isFinite(x) || x < min)) {
+    fail(source, key, `must map module-name patterns to numbers${min > -Infinity ? ` >= ${min}` : ''}`);
+  }
+  for (const pat of Object.keys(v)) {
+    try {
+      compilePattern(`(.*\\.)?(${pat})`, key);
+    } catch (e) {
+      fail(source, key, (e as Error).message.replace(/^"[^"]*": /, ''));
+    }
   }
   return v as Record<string, number>;
 }
@@ -49,14 +65,22 @@ export function numberMap(raw: RawAdapterConfig, key: string, source: string): R
 function stringsOrString(raw: RawAdapterConfig, key: string, source: string): string[] | string | null {
   const v = raw[key];
   if (v === undefined || v === null) return null;
-  if (typeof v === 'string') return v;
+  if (typeof v === 'string') {
+    try {
+      compilePattern(v, key);
+    } catch (e) {
+      fail(source, key, (e as Error).message.replace(/^"[^"]*": /, ''));
+    }
+    return v;
+  }
   if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v as string[];
-  fail(source, key, `must be a string or a list of strings, got ${JSON.stringify(v)}`);
+  fail(source, key, `must be a string or a list of strings, got ${showValue(v)}`);
 }
 
 /** The fields every PEFT config shares. */
 export function parseBase(raw: RawAdapterConfig, peftType: string, source: string): BaseAdapterConfig {
-  if (raw.peft_type !== undefined && raw.peft_type !== peftType) fail(source, 'peft_type', `is ${JSON.stringify(raw.peft_type)}, expected "${peftType}"`);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new AdapterConfigError(`${source}: must be a JSON object, got ${raw === null ? 'null' : Array.isArray(raw) ? 'a list' : typeof raw}`);
+  if (raw.peft_type !== undefined && raw.peft_type !== peftType) fail(source, 'peft_type', `is ${showValue(raw.peft_type)}, expected "${peftType}"`);
   const ltt = raw.layers_to_transform;
   if (ltt !== undefined && ltt !== null && !(Number.isInteger(ltt) || (Array.isArray(ltt) && ltt.every((x) => Number.isInteger(x))))) {
     fail(source, 'layers_to_transform', 'must be an integer or a list of integers');
@@ -100,11 +124,7 @@ export function baseJson(c: BaseAdapterConfig): RawAdapterConfig {
 export function patternValue(map: Record<string, number>, path: string): number | undefined {
   for (const [pat, v] of Object.entries(map)) {
     if (path === pat || path.endsWith(`.${pat}`)) return v;
-    try {
-      if (new RegExp(`(.*\\.)?(${pat})$`).test(path)) return v;
-    } catch {
-      // not a regex: only exact/suffix matches apply
-    }
+    if (fullMatch(`(.*\\.)?(${pat})`, path, 'rank_pattern / alpha_pattern')) return v;
   }
   return undefined;
 }

@@ -7,18 +7,29 @@ import './methods/prompt-tuning.js';
 import './methods/prefix-tuning.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
-export { registerMethod, getMethod, methodNames } from './registry.js';
-export { findTargets } from './targets.js';
+export {
+  registerMethod, getMethod, methodNames, registeredMethods, presetNames, resolvePreset, methodOptions, isMergeable,
+} from './registry.js';
+export { findTargets, defaultTargetsFor, roleTargets, unionTargets } from './targets.js';
 export { AdaptedLayer } from './wrapper.js';
 export { pythonJson } from './pyjson.js';
-export type { AdapterMethod, AdapterInstance, LayerDelta, BaseAdapterConfig, RawAdapterConfig, TargetInfo } from './types.js';
-export { LoraDelta, rankAndScale, type LoraConfig } from './methods/lora.js';
+export { loadInto } from './state.js';
+export { peftKey, splitPeftKey, readAdapterConfig, adapterWeightsFile, readTensorMap, deltaStateDict, PEFT_MODEL_PREFIX } from './files.js';
+export { parseBase, baseJson, optInt, optNumber, optBool, optString, AdapterConfigError } from './config.js';
+export {
+  RowRouting,
+  type AdapterMethod, type AdapterInstance, type LayerDelta, type BaseAdapterConfig, type RawAdapterConfig, type TargetInfo,
+  type MethodOption, type MethodPreset, type PresetOptions, type RowBatchedForm, type SlotTensor, type CombineOptions, type CreateContext,
+} from './types.js';
+export { RowStacks, stackedDeltas, isRowBatched } from './mixed.js';
+export { LoraDelta, RowLoraDelta, rankAndScale, type LoraConfig } from './methods/lora.js';
+export { LORA_COMBINATIONS } from './methods/lora-combine.js';
 export { IA3Delta, type IA3Config } from './methods/ia3.js';
-export { MixedLoraDelta, RowRouting, buildMixedDeltas } from './mixed.js';
-export { addWeightedAdapter, COMBINATIONS, type Combination, type CombineOptions } from './combine.js';
+export { addWeightedAdapter } from './combine.js';
 export { HydraDelta, type HydraConfig } from './methods/hydra.js';
 export { BottleneckDelta, type BottleneckConfig } from './methods/bottleneck.js';
 export { CompacterDelta, phmWeight, type CompacterConfig } from './methods/compacter.js';
 export { PromptEmbedding, type PromptTuningConfig } from './methods/prompt-tuning.js';
 export { PrefixAdapter, type PrefixTuningConfig } from './methods/prefix-tuning.js';
 export { collectCovariance } from './calibrate.js';
+export { compilePattern } from './patterns.js';

@@ -1,95 +1,204 @@
 /**
- * Mixed-adapter batches: one forward where every row uses its own LoRA adapter (or none). The base
- * GEMMs are shared by the whole batch; each row's low-rank update is applied by gathering that
- * row's A and B (zero-padded to the largest rank) and running two batched products — the
- * S-LoRA/Punica scheme.
+ * Mixed-adapter batches: one forward where every row uses its own adapter (or none). Methods
+ * with the row-batched capability stack their adapters' tensors at each target into slots (the
+ * S-LoRA/Punica layout): the base GEMMs are shared by the whole batch and each row gathers its
+ * slot. Rows of other methods run as sub-batches, one per adapter, and are put back in order.
  */
-import {
-  AdaptkitError, type Tensor, add, concat, contiguous, indexSelect, matmul, mul, noGrad, reshape, tensor, transpose, zeros,
-} from '../tensor/index.js';
-import { Module } from '../nn/index.js';
-import type { AdapterInstance, LayerDelta } from './types.js';
-import { LoraDelta } from './methods/lora.js';
+import { AdaptkitError, type Tensor, concat, indexSelect, tensor, zeros } from '../tensor/index.js';
+import { Linear, type Module } from '../nn/index.js';
+import { AdaptedLayer } from './wrapper.js';
+import { RowRouting, type AdapterInstance, type LayerDelta, type RowBatchedForm, type SlotTensor } from './types.js';
+import type { AdapterModel } from './adapter-model.js';
 
-/** Which stacked adapter each row uses; shared by all mixed layers of one forward. */
-export class RowRouting {
-  rows: Tensor | null = null;
-}
-
-export class MixedLoraDelta extends Module implements LayerDelta {
-  readonly adapterName = '*mixed*';
-
-  constructor(
-    /** [N + 1, rmax, in], slot 0 all zeros (rows without an adapter). */
-    readonly stackA: Tensor,
-    /** [N + 1, out, rmax] */
-    readonly stackB: Tensor,
-    /** [N + 1] */
-    readonly scales: Tensor,
-    readonly routing: RowRouting,
-  ) {
-    super();
-  }
-
-  apply(x: Tensor, y: Tensor): Tensor {
-    const rows = this.routing.rows;
-    if (!rows) throw new AdaptkitError('mixed-adapter layer used without row routing');
-    const B = x.shape[0]!;
-    if (rows.shape[0] !== B) throw new AdaptkitError(`row routing has ${rows.shape[0]} rows, the batch has ${B}`);
-    const x3 = x.ndim === 3 ? x : reshape(x, [B, 1, -1]);
-    const a = indexSelect(this.stackA, 0, rows);
-    const b = indexSelect(this.stackB, 0, rows);
-    const s = reshape(indexSelect(this.scales, 0, rows), [B, 1, 1]);
-    const z = mul(matmul(x3, transpose(a)), s);
-    const d = matmul(z, transpose(b));
-    return add(y, x.ndim === 3 ? d : reshape(d, y.shape));
-  }
+interface LayerStack {
+  layer: Linear;
+  layout: Record<string, SlotTensor>;
+  stacks: Record<string, Tensor>;
+  delta: LayerDelta & Module;
 }
 
 /**
- * Build the mixed deltas for the adapters used in one batch: for every target path of any of
- * them, stack their (A, B, scale) behind a zero slot. Returns the deltas by path.
+ * The stacks of one row-batched form on every layer its adapters touch: `capacity` slots after
+ * the identity slot 0, each sized for `sizes` (the largest rank etc. a slot may hold).
  */
-export function buildMixedDeltas(adapters: readonly AdapterInstance[], routing: RowRouting): Map<string, MixedLoraDelta> {
-  const paths = new Set<string>();
-  for (const a of adapters) {
-    if (a.method.peftType !== 'LORA') throw new AdaptkitError(`mixed batches support LoRA adapters; "${a.name}" is ${a.method.peftType}`);
-    for (const [p, d] of a.deltas) {
-      const ld = d as unknown as LoraDelta;
-      if (ld.lora_magnitude_vector || ld.bias || ld.dropoutP > 0 || a.residualBase?.size) {
-        throw new AdaptkitError(`mixed batches support plain LoRA (no DoRA, bias, dropout or PiSSA/CorDA residuals); "${a.name}" at ${p} is not`);
-      }
-      paths.add(p);
+export class RowStacks {
+  readonly routing = new RowRouting();
+  private layers = new Map<string, LayerStack>();
+  private paths = new Map<number, string[]>();
+
+  constructor(readonly form: RowBatchedForm, readonly key: string, readonly model: Module, readonly capacity: number, readonly sizes: Record<string, number>) {}
+
+  /** Whether an adapter fits these slots; otherwise the error names the size field. */
+  check(inst: AdapterInstance): void {
+    const need = this.form.sizes(inst);
+    for (const [k, v] of Object.entries(need)) {
+      const cap = this.sizes[k];
+      if (cap === undefined || v > cap) throw new AdaptkitError(`adapter "${inst.name}": "${k}" is ${v}, above the ${cap ?? 0} the slots hold`);
     }
   }
-  const out = new Map<string, MixedLoraDelta>();
-  noGrad(() => {
-    for (const p of paths) {
-      const ds = adapters.map((a) => a.deltas.get(p) as unknown as LoraDelta | undefined);
-      const any = ds.find((d) => d)!;
-      const inF = any.lora_A.shape[1]!;
-      const outF = any.lora_B.shape[0]!;
-      const rmax = Math.max(...ds.map((d) => (d ? d.lora_A.shape[0]! : 0)));
-      const As: Tensor[] = [zeros([1, rmax, inF])];
-      const Bs: Tensor[] = [zeros([1, outF, rmax])];
-      const sc: number[] = [0];
-      for (const d of ds) {
-        if (!d) {
-          As.push(zeros([1, rmax, inF]));
-          Bs.push(zeros([1, outF, rmax]));
-          sc.push(0);
-          continue;
-        }
-        const r = d.lora_A.shape[0]!;
-        const pa = r === rmax ? d.lora_A : concat([d.lora_A, zeros([rmax - r, inF])], 0);
-        const pb = r === rmax ? d.lora_B : concat([d.lora_B, zeros([outF, rmax - r])], 1);
-        As.push(reshape(contiguous(pa), [1, rmax, inF]));
-        Bs.push(reshape(contiguous(pb), [1, outF, rmax]));
-        sc.push(d.scale);
-      }
-      out.set(p, new MixedLoraDelta(concat(As, 0).keep(), concat(Bs, 0).keep(), tensor(sc).keep(), routing));
+
+  private layerAt(path: string): LayerStack {
+    let st = this.layers.get(path);
+    if (st) return st;
+    const m = this.model.get(path);
+    const layer = m instanceof AdaptedLayer ? (m.base_layer as Linear) : m;
+    if (!(layer instanceof Linear)) throw new AdaptkitError(`"${path}" is not a linear layer, so adapters cannot be stacked on it`);
+    const layout = this.form.layout(layer, this.sizes, this.key);
+    const stacks: Record<string, Tensor> = {};
+    for (const [k, s] of Object.entries(layout)) {
+      const t = zeros([this.capacity + 1, ...s.shape]).keep();
+      if (s.identity !== 0) (t.storage.data as Float32Array).fill(s.identity, t.offset, t.offset + t.size);
+      stacks[k] = t;
     }
-  });
+    st = { layer, layout, stacks, delta: this.form.delta(layer, stacks, this.routing, this.key) };
+    this.layers.set(path, st);
+    return st;
+  }
+
+  private views(st: LayerStack, slot: number): Record<string, Float32Array> {
+    const out: Record<string, Float32Array> = {};
+    for (const [k, s] of Object.entries(st.layout)) {
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      const t = st.stacks[k]!;
+      out[k] = (t.storage.data as Float32Array).subarray(t.offset + slot * n, t.offset + (slot + 1) * n);
+    }
+    return out;
+  }
+
+  /** Put an adapter into a slot (1..capacity). */
+  write(slot: number, inst: AdapterInstance): void {
+    if (!(slot >= 1 && slot <= this.capacity)) throw new AdaptkitError(`slot ${slot} is outside 1..${this.capacity}`);
+    this.check(inst);
+    this.clear(slot);
+    const paths = [...inst.deltas.keys()];
+    for (const p of paths) {
+      const st = this.layerAt(p);
+      this.form.write(inst, p, this.views(st, slot), this.sizes);
+    }
+    this.paths.set(slot, paths);
+  }
+
+  /** Return a slot to the identity. */
+  clear(slot: number): void {
+    for (const p of this.paths.get(slot) ?? []) {
+      const st = this.layers.get(p)!;
+      const v = this.views(st, slot);
+      for (const [k, s] of Object.entries(st.layout)) v[k]!.fill(s.identity);
+    }
+    this.paths.delete(slot);
+  }
+
+  /** Route the rows of the next forward to these slots (0: the identity). */
+  route(slots: readonly number[]): void {
+    this.routing.rows?.dispose();
+    this.routing.rows = tensor(slots, [slots.length], { dtype: 'i32' }).keep();
+  }
+
+  deltas(): Map<string, LayerDelta & Module> {
+    return new Map([...this.layers].map(([p, s]) => [p, s.delta]));
+  }
+
+  bytes(): number {
+    let n = 0;
+    for (const st of this.layers.values()) for (const t of Object.values(st.stacks)) n += t.size * 4;
+    return n;
+  }
+
+  dispose(): void {
+    for (const st of this.layers.values()) for (const t of Object.values(st.stacks)) t.dispose();
+    this.layers.clear();
+    this.paths.clear();
+    this.routing.rows?.dispose();
+    this.routing.rows = null;
+  }
+}
+
+/** Stacks for several sets of stacks, merged into the delta lists each layer runs. */
+export function stackedDeltas(all: Iterable<RowStacks>): Map<string, (LayerDelta & Module)[]> {
+  const out = new Map<string, (LayerDelta & Module)[]>();
+  for (const s of all) {
+    for (const [p, d] of s.deltas()) {
+      if (!out.has(p)) out.set(p, []);
+      out.get(p)!.push(d);
+    }
+  }
   return out;
 }
 
+function instances(am: AdapterModel, names: readonly (string | null)[]): Map<string, AdapterInstance> {
+  const out = new Map<string, AdapterInstance>();
+  for (const n of names) {
+    if (n === null || out.has(n)) continue;
+    const a = am.adapters.get(n);
+    if (!a) throw new AdaptkitError(`no adapter named "${n}"`);
+    out.set(n, a);
+  }
+  return out;
+}
+
+/** Whether an adapter can share a batch with others row by row. */
+export function isRowBatched(inst: AdapterInstance): boolean {
+  return !!inst.method.rowBatched && !inst.residualBase?.size && !inst.hooks?.size && !inst.addedPositions;
+}
+
+/** Run fn with row i of the batch on adapter rowAdapters[i] (null: none); every adapter must be row-batched. */
+export function withRowAdapters<T>(am: AdapterModel, rowAdapters: readonly (string | null)[], fn: () => T): T {
+  const insts = instances(am, rowAdapters);
+  const groups = new Map<string, { form: RowBatchedForm; key: string; members: AdapterInstance[] }>();
+  for (const inst of insts.values()) {
+    const form = inst.method.rowBatched;
+    if (!form || !isRowBatched(inst)) throw new AdaptkitError(`adapter "${inst.name}" (${inst.method.peftType}) cannot be applied row by row in a mixed batch`);
+    const key = form.key(inst);
+    const id = `${inst.method.peftType}:${key}`;
+    if (!groups.has(id)) groups.set(id, { form, key, members: [] });
+    groups.get(id)!.members.push(inst);
+  }
+  const stacks: RowStacks[] = [];
+  try {
+    for (const { form, key, members } of groups.values()) {
+      const sizes: Record<string, number> = {};
+      for (const m of members) for (const [k, v] of Object.entries(form.sizes(m))) sizes[k] = Math.max(sizes[k] ?? 0, v);
+      const s = new RowStacks(form, key, am.model, members.length, sizes);
+      members.forEach((m, i) => s.write(i + 1, m));
+      s.route(rowAdapters.map((a) => (a === null ? 0 : members.findIndex((m) => m.name === a) + 1)));
+      stacks.push(s);
+    }
+    return am.withDeltas(stackedDeltas(stacks), fn);
+  } finally {
+    for (const s of stacks) s.dispose();
+  }
+}
+
+export function forwardMixed(am: AdapterModel, ids: Tensor, rowAdapters: readonly (string | null)[], opts: { attentionMask?: Tensor | null } = {}): Tensor {
+  if (rowAdapters.length !== ids.shape[0]) throw new AdaptkitError(`${rowAdapters.length} row adapters for a batch of ${ids.shape[0]} rows`);
+  const insts = instances(am, rowAdapters);
+  const forward = (x: Tensor, mask: Tensor | null) => am.forward(x, { attentionMask: mask });
+  const batched = (a: string | null) => a === null || isRowBatched(insts.get(a)!);
+  if (rowAdapters.every(batched)) return withRowAdapters(am, rowAdapters, () => forward(ids, opts.attentionMask ?? null));
+  // rows of row-batched adapters (and of none) run together; every other adapter's rows as a group
+  const groups = new Map<string, number[]>();
+  rowAdapters.forEach((a, i) => {
+    const key = batched(a) ? '\0rows' : a!;
+    groups.set(key, [...(groups.get(key) ?? []), i]);
+  });
+  const parts: Tensor[] = [];
+  const order: number[] = [];
+  for (const [key, rows] of groups) {
+    const idx = tensor(rows, [rows.length], { dtype: 'i32' });
+    const mask = opts.attentionMask ? indexSelect(opts.attentionMask, 0, idx) : null;
+    const sub = indexSelect(ids, 0, idx);
+    parts.push(key === '\0rows'
+      ? withRowAdapters(am, rows.map((r) => rowAdapters[r]!), () => forward(sub, mask))
+      : am.withActive([key], () => forward(sub, mask)));
+    order.push(...rows);
+  }
+  const shape = parts[0]!.shape.slice(1);
+  for (const p of parts) {
+    if (p.shape.slice(1).some((d, i) => d !== shape[i])) {
+      throw new AdaptkitError('rows of this mixed batch produce outputs of different lengths (prompt-learning adapters add positions); batch them separately');
+    }
+  }
+  const inverse = new Array<number>(order.length);
+  order.forEach((row, at) => (inverse[row] = at));
+  return indexSelect(concat(parts, 0), 0, tensor(inverse, [inverse.length], { dtype: 'i32' }));
+}

@@ -1,41 +1,23 @@
-/** What prompt-learning methods need from a model, found through its module tree. */
-import { AdaptkitError, type Tensor } from '../tensor/index.js';
-import type { Module } from '../nn/index.js';
-import { baseModules } from './targets.js';
-
-/** The KV cache as prefix tuning sees it (the models' KVCache has this shape). */
-export interface KVCacheLike {
-  readonly layers: number;
-  length: number;
-  append(layer: number, k: Tensor, v: Tensor): unknown;
-  /** Forget the cache, leaving its tensors to the enclosing tidy() scope. */
-  release(): void;
-  dispose(): void;
-}
+/** What prompt-learning methods need from a model, read from its adapter descriptor. */
+import { AdaptkitError } from '../tensor/index.js';
+import type { AdapterDescriptor, Module } from '../nn/index.js';
 
 export interface AttentionInfo {
   layers: number;
   kvHeads: number;
   headDim: number;
+  /** Paths of the attention modules' `kv_prefix` hook slots, by layer. */
+  slots: string[];
 }
 
-/** Layer count and key/value shape from the attention modules (those with kvShape()). */
-export function attentionInfo(model: Module): AttentionInfo {
-  const atts = baseModules(model).map(([, m]) => m).filter((m) => typeof (m as unknown as { kvShape?: unknown }).kvShape === 'function');
-  if (atts.length === 0) throw new AdaptkitError('this model exposes no cached attention (prefix tuning needs a causal LM with a KV cache)');
-  const { kvHeads, headDim } = (atts[0] as unknown as { kvShape(): { kvHeads: number; headDim: number } }).kvShape();
-  return { layers: atts.length, kvHeads, headDim };
+/** Layer count, key/value shape and hook slots of the model's cached attention. */
+export function attentionInfo(d: AdapterDescriptor): AttentionInfo {
+  const a = d.attention;
+  if (!a) throw new AdaptkitError(`the ${d.family} model has no attention layers with a key/value prefix slot (prefix methods need a causal LM)`);
+  return { layers: a.layers.length, kvHeads: a.kvHeads, headDim: a.headDim, slots: a.layers.map((l) => `${l.path}.kv_prefix`) };
 }
 
-const EMBEDDING_NAMES = ['embed_tokens', 'wte', 'word_embeddings'];
-
-/** Path and hidden size of the input token embedding. */
-export function inputEmbedding(model: Module): { path: string; module: Module; dim: number } {
-  for (const [path, m] of baseModules(model)) {
-    if (EMBEDDING_NAMES.includes(path.split('.').pop()!)) {
-      const w = (m as unknown as { weight?: Tensor }).weight;
-      if (w && w.ndim === 2) return { path, module: m, dim: w.shape[1]! };
-    }
-  }
-  throw new AdaptkitError(`no input embedding found (looked for modules named ${EMBEDDING_NAMES.join(', ')})`);
+/** Path, module and hidden size of the input token embedding. */
+export function inputEmbedding(model: Module, d: AdapterDescriptor): { path: string; module: Module; dim: number } {
+  return { path: d.embedding.path, module: model.get(d.embedding.path), dim: d.embedding.dim };
 }

@@ -1,11 +1,12 @@
 /**
  * The adapter-method contract. A method is one file that calls `registerMethod()`: it parses its
- * config (PEFT field names), creates its parameters for each matched target module, and says how
- * its parameters are named in PEFT files. Layers change behaviour only through the module objects
- * the adapter model swaps in (rule: no state flags in forward).
+ * config (PEFT field names), creates its parameters for each matched target module, says how its
+ * parameters are named in PEFT files, and declares what else it can do (merge, row-batched
+ * serving, combination, CLI presets). Everything outside the method file learns about a method
+ * only from this object. Layers change behaviour only through the module objects the adapter
+ * model swaps in (rule: no state flags in forward).
  */
-import type { Module } from '../nn/index.js';
-import type { Linear } from '../nn/index.js';
+import type { AdapterDescriptor, Linear, Module, TargetSpec } from '../nn/index.js';
 import type { Rng, Tensor } from '../tensor/index.js';
 
 export type RawAdapterConfig = Record<string, unknown>;
@@ -52,6 +53,7 @@ export interface TargetInfo {
 export interface CreateContext {
   rng: Rng;
   model: Module;
+  descriptor: AdapterDescriptor;
   /** Input covariance per target path (CorDA), when calibration data was given. */
   covariance?: Map<string, Float64Array>;
 }
@@ -62,11 +64,13 @@ export interface AdapterInstance {
   readonly method: AdapterMethod;
   readonly config: BaseAdapterConfig;
   /** Deltas by target path, for the layers this adapter wraps. */
-  readonly deltas: Map<string, LayerDelta>;
+  readonly deltas: Map<string, LayerDelta & Module>;
   /** Replacement base layers (PiSSA/CorDA residual weights) by target path. */
   readonly residualBase?: Map<string, Linear>;
-  /** Module hooks by target path (prompt/prefix methods attach to an embedding or attention slot). */
+  /** Modules for hook slots by path (the input embedding, attention `kv_prefix` slots). */
   readonly hooks?: Map<string, Module>;
+  /** Positions the adapter puts before a sequence's first token (prompt tuning's virtual tokens). */
+  readonly addedPositions?: number;
   /** Trainable parameters. */
   parameters(): Tensor[];
   /** Parameters under PEFT's saved key names (adapter name stripped). */
@@ -77,15 +81,109 @@ export interface AdapterInstance {
   configJson(): RawAdapterConfig;
 }
 
+/** A CLI option a method's presets read (`adaptkit train --<name> <value>`). */
+export interface MethodOption {
+  /** As spelled after `--` (`r`, `virtual-tokens`). */
+  name: string;
+  type: 'int' | 'number' | 'string' | 'list';
+  description: string;
+  /** Smallest accepted value of a number. */
+  min?: number;
+  /** Largest accepted value of a number. */
+  max?: number;
+}
+
+/** Option values by option name; absent options are undefined. */
+export type PresetOptions = Record<string, number | string | string[] | undefined>;
+
+/** A named way to train a method (`--method <name>`): lora, rslora, dora and pissa are LoRA presets. */
+export interface MethodPreset {
+  name: string;
+  description: string;
+  /** The PEFT config for these option values on a model. */
+  config(o: PresetOptions, model: AdapterDescriptor): RawAdapterConfig;
+}
+
+/** One stacked tensor of a row-batched form: its shape per slot and the value of an empty slot. */
+export interface SlotTensor {
+  shape: number[];
+  /** Slot 0 (and every free slot) holds this value everywhere, which leaves the layer unchanged. */
+  identity: number;
+}
+
+/** Which slot of each stack every row of a batch uses (0: the identity slot). */
+export class RowRouting {
+  rows: Tensor | null = null;
+}
+
+/**
+ * The optional capability of applying many adapters of a method in one forward, each row with
+ * its own: the adapters' tensors at a target are stacked into slots (S-LoRA/Punica layout) and
+ * each row gathers its slot. Adapters whose `key` is equal share stacks.
+ */
+export interface RowBatchedForm {
+  /** Adapters of one method with the same key share stacks (e.g. plain LoRA apart from DoRA). */
+  key(inst: AdapterInstance): string;
+  /** Per-adapter sizes that fix the slot shapes (e.g. `{ r: 8 }`), named as the config fields are. */
+  sizes(inst: AdapterInstance): Record<string, number>;
+  /** The sizes of a server's slots when every rank-like size is at most `maxRank`. */
+  limits(key: string, maxRank: number): Record<string, number>;
+  /** The stacked tensors at a target layer for the largest sizes in a stack. */
+  layout(layer: Linear, sizes: Record<string, number>, key: string): Record<string, SlotTensor>;
+  /** Write an adapter's values at `path` into one slot (views of the stacks, already at identity). */
+  write(inst: AdapterInstance, path: string, slot: Record<string, Float32Array>, sizes: Record<string, number>): void;
+  /** The delta that applies the stacks to a batch routed by `routing`. */
+  delta(layer: Linear, stacks: Record<string, Tensor>, routing: RowRouting, key: string): LayerDelta & Module;
+}
+
+export interface CombineOptions {
+  combination: string;
+  /** Fraction kept by pruning (ties, dare_*, magnitude_prune). */
+  density?: number;
+  /** "total" (sign of the sum) or "frequency" (most common sign). */
+  majoritySignMethod?: 'total' | 'frequency';
+  /** Rank of an svd combination (default: the largest input rank). */
+  svdRank?: number;
+  seed?: number;
+}
+
+/** What a combination needs of the adapter model it writes into. */
+export interface CombineTarget {
+  readonly adapters: ReadonlyMap<string, AdapterInstance>;
+  add(name: string, raw: RawAdapterConfig): AdapterInstance;
+}
+
 export interface AdapterMethod {
   /** PEFT's peft_type ("LORA", "IA3", ...). */
   readonly peftType: string;
-  /** Whether it attaches to target modules (tuners) or to a model-level hook (prompt learning). */
+  /** One line for `--help` and the README. */
+  readonly description?: string;
+  /** Whether it attaches to target modules (tuners) or to model-level hooks (prompt learning). */
   readonly kind: 'tuner' | 'prompt';
   parseConfig(raw: RawAdapterConfig, source: string): BaseAdapterConfig;
-  /** Default target_modules for a model when the config has none. */
-  defaultTargets?(model: Module, config: BaseAdapterConfig): string[] | string | null;
+  /** Default target_modules for a model when the config has none (default: the model's own). */
+  defaultTargets?(model: AdapterDescriptor, config: BaseAdapterConfig): TargetSpec | null;
   create(name: string, config: BaseAdapterConfig, targets: TargetInfo[], ctx: CreateContext): AdapterInstance;
   /** Trainable parameters this config adds to these targets (the method's formula). */
-  countParameters?(config: BaseAdapterConfig, targets: TargetInfo[]): number;
+  countParameters?(config: BaseAdapterConfig, targets: TargetInfo[], model: AdapterDescriptor): number;
+  /** `adaptkit train --method` names and the options they read. */
+  readonly presets?: readonly MethodPreset[];
+  readonly options?: readonly MethodOption[];
+  /** Config keys that adapter_config.json writes as floats (Python writes 8 as 8.0 there). */
+  readonly floatKeys?: readonly string[];
+  /**
+   * Loading a saved adapter: the config to create it from (an initialization that already ran,
+   * such as PiSSA, must not run again) and a fix-up of the instance after creation.
+   */
+  prepareLoad?(raw: RawAdapterConfig): { config: RawAdapterConfig; finish?(inst: AdapterInstance): void };
+  /** Capability: every delta folds into the base weights (mergeWeight/mergeBias). */
+  readonly mergeable?: boolean | ((inst: AdapterInstance) => boolean);
+  /** Capability: mixed batches and the server apply several adapters of this method per row. */
+  readonly rowBatched?: RowBatchedForm;
+  /** Capability: weighted combination of adapters of this method into a new one. */
+  combine?(target: CombineTarget, names: readonly string[], weights: readonly number[], newName: string, o: CombineOptions): AdapterInstance;
+  /** Names of the combinations `combine` knows. */
+  readonly combinations?: readonly string[];
+  /** The settings `adaptkit inspect` shows. */
+  summary?(config: BaseAdapterConfig): Record<string, unknown>;
 }

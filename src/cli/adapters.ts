@@ -1,10 +1,11 @@
 /** CLI commands over adapters: inspect, merge. */
 import type { Command } from 'commander';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
+import { describeModel } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { AdapterModel, COMBINATIONS, addWeightedAdapter, findTargets, getMethod, type Combination } from '../adapters/index.js';
+import { AdapterModel, addWeightedAdapter, defaultTargetsFor, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
 import { adapterWeightsFile, readAdapterConfig } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
@@ -38,14 +39,12 @@ export function registerAdapterCommands(program: Command): void {
         tensors: tensors.size,
         trainable_parameters: count,
       };
-      for (const k of ['r', 'lora_alpha', 'use_rslora', 'use_dora', 'feedforward_modules', 'num_virtual_tokens', 'reduction_factor']) {
-        if (config[k] !== undefined) report[k] = config[k];
-      }
+      Object.assign(report, method.summary?.(parsed) ?? {});
       if (o.model) {
         const { model } = loadModel(await resolveModel(o.model));
         const am = new AdapterModel(model);
-        const targets = method.kind === 'tuner' ? findTargets(model, parsed, method.defaultTargets ? method.defaultTargets(model, parsed) : ((model.constructor as { defaultAdapterTargets?: string[] }).defaultAdapterTargets ?? null)) : [];
-        const formula = method.countParameters ? method.countParameters(parsed, targets) : null;
+        const targets = method.kind === 'tuner' ? findTargets(model, parsed, defaultTargetsFor(method, model, parsed)) : [];
+        const formula = method.countParameters ? method.countParameters(parsed, targets, describeModel(model)) : null;
         am.load(o.adapter);
         report.targets_matched = targets.length;
         report.formula_parameters = formula;
@@ -61,7 +60,7 @@ export function registerAdapterCommands(program: Command): void {
     .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
     .option('--adapter <dir>', 'adapter to merge into a standalone model folder')
     .option('--adapters <list>', 'adapters to combine, as dir:weight,dir:weight')
-    .option('--method <name>', `combination: ${COMBINATIONS.join(', ')}`, 'linear')
+    .option('--method <name>', `combination: ${[...new Set(registeredMethods().flatMap((m) => m.combinations ?? []))].join(', ')}`, 'linear')
     .option('--density <d>', 'fraction kept by ties / dare / magnitude_prune', '1')
     .option('--svd-rank <r>', 'rank of the svd combination')
     .option('--seed <s>', 'seed for dare', '0')
@@ -73,24 +72,28 @@ export function registerAdapterCommands(program: Command): void {
       const loaded = loadModel(modelPath);
       const am = new AdapterModel(loaded.model);
       if (o.adapter) {
-        am.load(o.adapter, 'default');
+        am.load(o.adapter, basename(o.adapter).replace(/[^\w.-]/g, '_') || 'adapter');
         const merged = am.merge();
         saveModelFolder(merged, loaded.config, o.out, { copyFrom: statSync(modelPath).isDirectory() ? modelPath : undefined, overwrite: o.overwrite });
         console.log(`merged ${o.adapter} into ${o.out}`);
         return;
       }
-      if (!COMBINATIONS.includes(o.method as Combination)) throw new AdaptkitError(`--method must be one of ${COMBINATIONS.join(', ')}, got "${o.method}"`);
       const items = o.adapters!.split(',').map((s, i) => {
         const at = s.lastIndexOf(':');
         const dir = at > 0 ? s.slice(0, at) : s;
         const w = at > 0 ? Number(s.slice(at + 1)) : 1;
         if (!Number.isFinite(w)) throw new AdaptkitError(`bad weight in "${s}" (use dir:weight)`);
-        am.load(dir, `in${i}`);
-        return { name: `in${i}`, w };
+        // adapters are named after their folders, so messages say which input is meant
+        const name = `${basename(dir).replace(/[^\w.-]/g, '_') || 'adapter'}${i === 0 ? '' : `_${i}`}`;
+        am.load(dir, name);
+        return { name, w };
       });
+      const method = am.adapters.get(items[0]!.name)!.method;
+      const known = method.combinations ?? [];
+      if (!known.includes(o.method)) throw new AdaptkitError(`--method must be one of ${known.join(', ') || `(none: ${method.peftType} adapters cannot be combined)`}, got "${o.method}"`);
       if (existsSync(o.out) && readdirSync(o.out).length > 0 && !o.overwrite) throw new AdaptkitError(`${o.out} is not empty (pass --overwrite)`);
       addWeightedAdapter(am, items.map((x) => x.name), items.map((x) => x.w), 'combined', {
-        combination: o.method as Combination,
+        combination: o.method,
         density: Number(o.density),
         svdRank: o.svdRank === undefined ? undefined : Number(o.svdRank),
         seed: Number(o.seed),

@@ -10,6 +10,8 @@ import { registerAdapterCommands } from './adapters.js';
 import { registerTrainCommands } from './train.js';
 import { registerServeCommand } from './serve.js';
 import '../adapters/index.js';
+import { loadPlugins, pluginsFrom } from '../io/plugins.js';
+import { TrainingInterrupted } from '../train/trainer.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
@@ -17,6 +19,15 @@ function version(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  try {
+    await loadPlugins(pluginsFrom(argv));
+  } catch (e) {
+    if (e instanceof AdaptkitError) {
+      console.error(`adaptkit: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
   const program = new Command();
   program
     .name('adaptkit')
@@ -24,6 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     .version(version())
     .option('--backend <name>', 'compute backend: native or js (default: $ADAPTKIT_BACKEND, else native)')
     .option('--threads <n>', 'threads for the native backend (default: all cores)')
+    .option('--plugin <module>', 'import a module that registers adapter methods or model families (repeatable; also $ADAPTKIT_PLUGINS)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .hook('preAction', (cmd) => {
       const o = cmd.opts<{ backend?: string; threads?: string }>();
       if (o.backend) {
@@ -119,6 +131,10 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof TrainingInterrupted) {
+      console.error(`adaptkit: ${e.message}`);
+      return 130;
+    }
     if (e instanceof AdaptkitError) {
       console.error(`adaptkit: ${e.message}`);
       return 1;

@@ -2,8 +2,9 @@
 import type { Command } from 'commander';
 import { basename } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
-import { startServer } from '../serve/http.js';
+import { PROMPT_BYTES_PER_TOKEN, startServer } from '../serve/http.js';
 import { resolveModel } from './models.js';
+import { loadedPlugins } from '../io/plugins.js';
 
 function int(name: string, v: string, min: number): number {
   const n = Number(v);
@@ -29,18 +30,29 @@ export function registerServeCommand(program: Command): void {
     .option('--max-queue <n>', 'waiting requests before answering 429', '256')
     .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask', '1024')
     .option('--max-prompt-tokens <n>', 'longest prompt in tokens', '2048')
+    .option('--max-prompt-bytes <n>', `longest prompt in UTF-8 bytes, refused before tokenizing (default: ${PROMPT_BYTES_PER_TOKEN} x --max-prompt-tokens)`)
     .option('--context-length <n>', 'prompt + generation limit', '2048')
-    .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: $ADAPTKIT_API_KEY)')
-    .action(async (o: Record<string, string | undefined>) => {
+    .option('--pool-mb <n>', 'cap of the engine\'s idle tensor-buffer pool in MiB (default: --kv-cache-mb)')
+    .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 routes; prefer setting $ADAPTKIT_API_KEY, since a command line is visible to every user in ps')
+    .option('--allow-runtime-lora', 'serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (off by default: they answer 404)')
+    .option('--lora-root <dir>', 'with --allow-runtime-lora: the folder runtime-loaded adapters must lie under (default: --adapters)')
+    .option('--max-adapter-mb <n>', 'with --allow-runtime-lora: largest adapter_model.safetensors accepted, in MiB (default: what rank --max-rank on every linear layer of the model needs)')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
       const model = await resolveModel(String(o.model));
+      const str = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
+      if (o.loraRoot !== undefined && !o.allowRuntimeLora) throw new AdaptkitError('--lora-root only applies with --allow-runtime-lora');
       const server = await startServer({
-        model, tokenizer: o.tokenizer, servedModelName: o.servedModelName ?? basename(String(o.model)).replace(/\.bin$/, ''),
-        apiKey: o.apiKey ?? process.env.ADAPTKIT_API_KEY,
+        model, plugins: loadedPlugins(), tokenizer: str(o.tokenizer), servedModelName: str(o.servedModelName) ?? basename(String(o.model)).replace(/\.bin$/, ''),
+        apiKey: str(o.apiKey) ?? process.env.ADAPTKIT_API_KEY,
         maxTokensLimit: int('max-tokens-limit', String(o.maxTokensLimit), 1), maxPromptTokens: int('max-prompt-tokens', String(o.maxPromptTokens), 1),
+        maxPromptBytes: o.maxPromptBytes === undefined ? undefined : int('max-prompt-bytes', String(o.maxPromptBytes), 1),
+        poolMb: o.poolMb === undefined ? undefined : int('pool-mb', String(o.poolMb), 0),
+        allowRuntimeLora: o.allowRuntimeLora === true, loraRoot: str(o.loraRoot),
+        maxAdapterMb: o.maxAdapterMb === undefined ? undefined : int('max-adapter-mb', String(o.maxAdapterMb), 1),
         engine: {
           maxBatch: int('max-batch', String(o.maxBatch), 1), kvCacheMb: int('kv-cache-mb', String(o.kvCacheMb), 1), blockSize: int('block-size', String(o.blockSize), 1),
           maxLoadedAdapters: int('max-loaded-adapters', String(o.maxLoadedAdapters), 1), maxRank: int('max-rank', String(o.maxRank), 1),
-          maxQueue: int('max-queue', String(o.maxQueue), 1), contextLength: int('context-length', String(o.contextLength), 2), adapterDir: o.adapters,
+          maxQueue: int('max-queue', String(o.maxQueue), 1), contextLength: int('context-length', String(o.contextLength), 2), adapterDir: str(o.adapters),
         },
       }, { port: int('port', String(o.port), 0), host: String(o.host) });
       process.stderr.write(`adaptkit: serving on ${server.url}\n`);

@@ -1,12 +1,12 @@
 /** CLI commands for training: train, eval, plot, demo. */
 import type { Command } from 'commander';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { AdapterModel } from '../adapters/index.js';
+import { AdapterModel, type MethodOption, type PresetOptions, methodNames, methodOptions, presetNames, registeredMethods, resolvePreset } from '../adapters/index.js';
+import { describeModel } from '../nn/index.js';
 import { loadAnyModel, loadModel, loadTokenizer } from '../models/load.js';
-import { BertForSequenceClassification } from '../models/bert/model.js';
 import { classificationExamples } from '../train/classify.js';
 import { StreamingExamples } from '../train/stream.js';
 import { readRecords, type ReadOptions } from '../train/data.js';
@@ -14,7 +14,7 @@ import { type Example, fitExamples, splitExamples, toExample } from '../train/ex
 import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
-import { METHODS, type MethodName, labelFirstTokens, runTraining } from '../train/run.js';
+import { FULL_FINE_TUNING, labelFirstTokens, runTraining } from '../train/run.js';
 import { type DemoTask, demoModelDir, runDemo } from '../train/demo.js';
 import { dataDir } from '../io/data.js';
 import type { ScheduleName } from '../train/schedule.js';
@@ -38,7 +38,8 @@ interface DataFlags {
   textColumn?: string;
   labelColumn?: string;
   completionColumn?: string;
-  noHeader?: boolean;
+  header?: boolean;
+  quote?: boolean;
   skipBadLines?: boolean;
   seqLen: string;
   truncate: boolean;
@@ -53,6 +54,7 @@ function addDataOptions(c: Command): Command {
     .option('--label-column <c>', 'CSV/TSV column with a label (classification as label words)')
     .option('--completion-column <c>', 'CSV/TSV column with a completion for the text column')
     .option('--no-header', 'CSV/TSV without a header line')
+    .option('--no-quote', 'CSV/TSV: read quotes as plain text (files written without RFC 4180 quoting)')
     .option('--skip-bad-lines', 'skip (and count) malformed lines instead of stopping at the first')
     .option('--seq-len <n>', 'longest sequence in tokens', '256')
     .option('--no-truncate', 'fail on examples longer than --seq-len instead of cutting them (with a warning)')
@@ -63,7 +65,7 @@ function loadExamples(f: DataFlags, tok: Parameters<typeof toExample>[1], chat: 
   if (f.format && !['jsonl', 'csv', 'tsv'].includes(f.format)) throw new AdaptkitError(`--format must be jsonl, csv or tsv, got "${f.format}"`);
   const ro: ReadOptions = {
     format: f.format as ReadOptions['format'], textColumn: f.textColumn, labelColumn: f.labelColumn,
-    completionColumn: f.completionColumn, header: !f.noHeader, skipBadLines: f.skipBadLines,
+    completionColumn: f.completionColumn, header: f.header !== false, quote: f.quote !== false, skipBadLines: f.skipBadLines,
   };
   const { records, skipped, skippedReasons } = readRecords(f.data, ro);
   if (skipped) process.stderr.write(`adaptkit: skipped ${skipped} bad line(s) of ${f.data}, e.g. ${skippedReasons[0]}\n`);
@@ -74,17 +76,47 @@ function loadExamples(f: DataFlags, tok: Parameters<typeof toExample>[1], chat: 
   return { examples, labels };
 }
 
+function readJsonObject(file: string): Record<string, unknown> {
+  if (!existsSync(file)) throw new AdaptkitError(`--adapter-config ${file}: no such file`);
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new AdaptkitError(`--adapter-config ${file}: not valid JSON (${(e as Error).message})`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new AdaptkitError(`--adapter-config ${file}: must be a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+function camel(name: string): string {
+  return name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** A method option's value from the command line, checked against its type and range. */
+function optionValue(opt: MethodOption, v: unknown): PresetOptions[string] {
+  if (v === undefined) return undefined;
+  const s = String(v);
+  if (opt.type === 'list') return s === 'all-linear' ? 'all-linear' : s.split(',').map((x) => x.trim()).filter(Boolean);
+  if (opt.type === 'string') return s;
+  const n = Number(s);
+  const range = `${opt.min !== undefined ? ` >= ${opt.min}` : ''}${opt.max !== undefined ? `${opt.min !== undefined ? ' and' : ''} <= ${opt.max}` : ''}`;
+  if (!Number.isFinite(n) || (opt.type === 'int' && !Number.isInteger(n)) || (opt.min !== undefined && n < opt.min) || (opt.max !== undefined && n > opt.max)) {
+    throw new AdaptkitError(`--${opt.name} must be a${opt.type === 'int' ? 'n integer' : ' number'}${range}, got "${s}"`);
+  }
+  return n;
+}
+
+/** `--method` help: every registered preset with its description. */
+function methodHelp(): string {
+  const presets = registeredMethods().flatMap((m) => (m.presets ?? []).map((p) => `${p.name} (${p.description})`));
+  return `adapter method: ${presets.join('; ')}; or ${FULL_FINE_TUNING} (every weight); or any peft_type (${methodNames().join(', ')})`;
+}
+
 export function registerTrainCommands(program: Command): void {
   addDataOptions(program.command('train').description('train an adapter (or the whole model) and save it in PEFT format'))
     .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
     .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
-    .option('--method <m>', `${METHODS.join(', ')}`, 'lora')
-    .option('--r <n>', 'LoRA / Hydra rank', '8')
-    .option('--alpha <a>', 'LoRA alpha (default 2r)')
-    .option('--dropout <p>', 'LoRA dropout', '0')
-    .option('--targets <list>', 'target modules: comma-separated names, or all-linear')
-    .option('--virtual-tokens <n>', 'prompt / prefix tuning length', '20')
-    .option('--reduction-factor <n>', 'bottleneck / Compacter reduction factor', '4')
+    .option('--method <m>', methodHelp(), presetNames()[0])
     .option('--adapter-config <file>', 'a PEFT adapter_config.json to train with instead of the method options')
     .requiredOption('--out <dir>', 'run folder (checkpoints, metrics, curves, final adapter)')
     .option('--overwrite', 'replace a run already in --out')
@@ -110,15 +142,23 @@ export function registerTrainCommands(program: Command): void {
     .option('--val-data <file>', 'validation data file (with --stream)')
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
     .option('--seed <n>', 'seed for data order, initialization and dropout', '0')
-    .option('--json', 'JSON-lines metrics even on a terminal')
-    .action(async (o: Record<string, string | boolean | undefined> & DataFlags) => {
-      if (!METHODS.includes(o.method as MethodName)) throw new AdaptkitError(`--method must be one of ${METHODS.join(', ')}, got "${o.method}"`);
+    .option('--json', 'JSON-lines metrics even on a terminal');
+  const train = program.commands.find((c) => c.name() === 'train')!;
+  for (const opt of methodOptions()) train.option(`--${opt.name} <${opt.type === 'list' ? 'list' : 'x'}>`, opt.description);
+  train.action(async (o: Record<string, string | boolean | undefined> & DataFlags) => {
+      if (o.method !== FULL_FINE_TUNING) resolvePreset(String(o.method)); // an unknown name lists the registered ones
+      if (!o.adapterConfig && o.method !== FULL_FINE_TUNING) {
+        const { method } = resolvePreset(String(o.method));
+        const own = new Set((method.options ?? []).map((x) => x.name));
+        const foreign = methodOptions().filter((x) => o[camel(x.name)] !== undefined && !own.has(x.name)).map((x) => `--${x.name}`);
+        if (foreign.length) throw new AdaptkitError(`${foreign.join(', ')} ${foreign.length === 1 ? 'does' : 'do'} not apply to --method ${o.method} (its options: ${[...own].map((n) => `--${n}`).join(', ') || 'none'})`);
+      }
       const sched = String(o.schedule);
       if (!['constant', 'linear', 'cosine'].includes(sched)) throw new AdaptkitError(`--schedule must be constant, linear or cosine, got "${sched}"`);
       if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new AdaptkitError(`--optimizer must be adamw or sgd, got "${o.optimizer}"`);
       const modelPath = await resolveModel(String(o.model));
       const { model } = loadAnyModel(modelPath);
-      const classifier = model instanceof BertForSequenceClassification;
+      const classifier = describeModel(model).task === 'sequence-classification';
       if (o.gradientCheckpointing && !classifier) (model as { gradientCheckpointing: boolean }).gradientCheckpointing = true;
       const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
@@ -135,7 +175,7 @@ export function registerTrainCommands(program: Command): void {
         labels = [];
       } else if (classifier) {
         // an encoder with a classification head: the text alone in, the label's index out
-        const { records } = readRecords(o.data, { format: o.format as ReadOptions['format'], textColumn: o.textColumn, labelColumn: o.labelColumn, header: !o.noHeader, skipBadLines: o.skipBadLines });
+        const { records } = readRecords(o.data, { format: o.format as ReadOptions['format'], textColumn: o.textColumn, labelColumn: o.labelColumn, header: o.header !== false, quote: o.quote !== false, skipBadLines: o.skipBadLines });
         labels = [...new Set(records.map((r) => (r.kind === 'label' ? r.label : '')))].filter(Boolean).sort();
         examples = classificationExamples(records, tok, labels, int('seq-len', o.seqLen, 2));
       } else {
@@ -153,13 +193,12 @@ export function registerTrainCommands(program: Command): void {
         if (unseen.length) throw new AdaptkitError(`label(s) ${unseen.join(', ')} appear only in the validation split; add training examples for them`);
       }
       const steps = int('steps', String(o.steps), 1);
-      const methodOptions = {
-        r: int('r', String(o.r), 1), alpha: o.alpha === undefined ? undefined : num('alpha', String(o.alpha)),
-        dropout: num('dropout', String(o.dropout)),
-        targets: o.targets === undefined ? undefined : String(o.targets) === 'all-linear' ? 'all-linear' : String(o.targets).split(','),
-        virtualTokens: int('virtual-tokens', String(o.virtualTokens), 1), reductionFactor: num('reduction-factor', String(o.reductionFactor)),
-        config: o.adapterConfig ? JSON.parse((await import('node:fs')).readFileSync(String(o.adapterConfig), 'utf8')) as Record<string, unknown> : undefined,
-      };
+      const methodOpts: PresetOptions = {};
+      for (const opt of methodOptions()) {
+        const v = optionValue(opt, o[camel(opt.name)]);
+        if (v !== undefined) methodOpts[opt.name] = v;
+      }
+      const adapterConfig = o.adapterConfig ? readJsonObject(String(o.adapterConfig)) : undefined;
       const config = {
         steps, batchSize: int('batch-size', String(o.batchSize), 1), gradAccum: int('grad-accum', String(o.gradAccum), 1),
         lr: num('lr', String(o.lr)), schedule: sched as ScheduleName, warmupSteps: int('warmup', String(o.warmup)),
@@ -170,9 +209,9 @@ export function registerTrainCommands(program: Command): void {
         checkpointEvery: int('checkpoint-every', String(o.checkpointEvery)), keepCheckpoints: int('keep-checkpoints', String(o.keepCheckpoints), 1),
         bucket: !!o.bucket, pack: !!o.pack, maxLen: int('seq-len', o.seqLen, 2),
       };
-      const identity = { model: String(o.model), data: o.data, method: o.method, methodOptions, config: { ...config } };
+      const identity = { model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config } };
       const r = runTraining({
-        model, tokenizer: tok, method: o.method as MethodName, methodOptions, train, validation, outDir: String(o.out),
+        model, tokenizer: tok, method: String(o.method), methodOptions: methodOpts, adapterConfig, train, validation, outDir: String(o.out),
         config, resume: !!o.resume, overwrite: !!o.overwrite, labels: labels.length ? labels : undefined,
         progress: makeProgress(steps, { json: !!o.json }), identity,
       });

@@ -1,7 +1,8 @@
 /**
  * llama2.c checkpoints (Karpathy's run.c format): the legacy header of seven int32
  * (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size
- * means an unshared classifier) followed by float32 weights, or the version-1 "ak42" format.
+ * means an unshared classifier) followed by float32 weights, or the version-1 "ak42" format
+ * (256-byte header with a shared-classifier flag; norms first; no freq_cis tables).
  * Weights are returned under Hugging Face Llama names, with q/k rows permuted from llama2.c's
  * interleaved RoPE pairs to the rotate-half layout, exactly as HF's Llama conversion does.
  */
@@ -25,6 +26,8 @@ export interface Llama2cCheckpoint {
   weights: Map<string, Tensor>;
 }
 
+const HEADER_FIELDS = ['dim', 'hidden_dim', 'n_layers', 'n_heads', 'n_kv_heads', 'vocab_size', 'seq_len'];
+
 function fail(path: string, msg: string): never {
   throw new AdaptkitError(`${path}: not a valid llama2.c checkpoint: ${msg}`);
 }
@@ -46,43 +49,60 @@ export function permuteRopeRows(w: Float32Array, nHeads: number, rows: number, c
 }
 
 export function readLlama2c(path: string): Llama2cCheckpoint {
-  const fd = openSync(path, 'r');
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new AdaptkitError(`${path}: cannot open (${(e as Error).message})`);
+  }
   try {
     const size = fstatSync(fd).size;
     const head = Buffer.alloc(Math.min(256, size));
     readSync(fd, head, 0, head.length, 0);
     let offset = 0;
     let ints: number[];
-    if (head.length >= 8 && head.readUInt32LE(0) === 0x616b3432) {
+    const v1 = head.length >= 4 && head.readUInt32LE(0) === 0x616b3432;
+    if (v1) {
+      if (size < 256) fail(path, `file has ${size} bytes, shorter than the 256-byte version-1 header`);
       const version = head.readInt32LE(4);
       if (version !== 1) fail(path, `version ${version} is not supported (only legacy and version 1 fp32)`);
       ints = Array.from({ length: 7 }, (_, i) => head.readInt32LE(8 + 4 * i));
       const shared = head.readUInt8(8 + 28);
+      if (shared > 1) fail(path, `shared_classifier flag is ${shared}, not 0 or 1`);
       ints[5] = shared ? Math.abs(ints[5]!) : -Math.abs(ints[5]!);
       offset = 256;
     } else {
-      if (size < 28) fail(path, `file has ${size} bytes`);
+      if (size < 28) fail(path, `file has ${size} bytes, shorter than the 28-byte header`);
       ints = Array.from({ length: 7 }, (_, i) => head.readInt32LE(4 * i));
       offset = 28;
     }
     const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabRaw, seqLen] = ints as [number, number, number, number, number, number, number];
     const vocabSize = Math.abs(vocabRaw);
     const bad = [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen].some((v) => !(v > 0 && v < 1 << 24));
-    if (bad || dim % nHeads !== 0 || nHeads % nKvHeads !== 0) fail(path, `implausible header ${JSON.stringify(ints)}`);
+    const header = `header ${JSON.stringify(Object.fromEntries(HEADER_FIELDS.map((f, i) => [f, ints[i]])))}`;
+    if (bad) fail(path, `implausible ${header}`);
+    if (dim % nHeads !== 0 || nHeads % nKvHeads !== 0) fail(path, `${header}: dim must be a multiple of n_heads, and n_heads of n_kv_heads`);
+    // RoPE rotates pairs of features: each head needs an even size
+    if ((dim / nHeads) % 2 !== 0) fail(path, `${header}: head size ${dim / nHeads} (dim / n_heads) must be even`);
     const config: Llama2cConfig = { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, sharedClassifier: vocabRaw > 0 };
     const hd = dim / nHeads;
     const kvDim = nKvHeads * hd;
     const L = nLayers;
-    // [name, shape] in file order; freq_cis tables are skipped
-    const plan: [string, number[]][] = [
-      ['tok', [vocabSize, dim]], ['rms_att', [L, dim]], ['wq', [L, dim, dim]], ['wk', [L, kvDim, dim]],
-      ['wv', [L, kvDim, dim]], ['wo', [L, dim, dim]], ['rms_ffn', [L, dim]], ['w1', [L, hiddenDim, dim]],
-      ['w2', [L, dim, hiddenDim]], ['w3', [L, hiddenDim, dim]], ['rms_final', [dim]], ['freq', [seqLen, hd]],
-    ];
-    if (!config.sharedClassifier) plan.push(['wcls', [vocabSize, dim]]);
+    // [name, shape] in file order. Legacy files follow the model's parameter order and keep the
+    // freq_cis tables (skipped); version 1 puts the norms first and drops freq_cis.
+    const shapes: Record<string, number[]> = {
+      tok: [vocabSize, dim], rms_att: [L, dim], wq: [L, dim, dim], wk: [L, kvDim, dim], wv: [L, kvDim, dim], wo: [L, dim, dim],
+      rms_ffn: [L, dim], w1: [L, hiddenDim, dim], w2: [L, dim, hiddenDim], w3: [L, hiddenDim, dim], rms_final: [dim],
+      freq: [seqLen, hd], wcls: [vocabSize, dim],
+    };
+    const order = v1
+      ? ['rms_att', 'rms_ffn', 'rms_final', 'tok', 'wq', 'wk', 'wv', 'wo', 'w1', 'w2', 'w3']
+      : ['tok', 'rms_att', 'wq', 'wk', 'wv', 'wo', 'rms_ffn', 'w1', 'w2', 'w3', 'rms_final', 'freq'];
+    if (!config.sharedClassifier) order.push('wcls');
+    const plan = order.map((name) => [name, shapes[name]!] as const);
     const total = plan.reduce((n, [, s]) => n + s.reduce((p, q) => p * q, 1), 0);
     const expected = offset + total * 4;
-    if (size < expected) fail(path, `truncated: ${size} bytes, ${expected} needed for the header's shapes`);
+    if (size < expected) fail(path, `truncated: ${size} bytes, ${expected} needed for the ${header}`);
     const raw: Record<string, Float32Array> = {};
     let pos = offset;
     for (const [name, shape] of plan) {
@@ -90,7 +110,11 @@ export function readLlama2c(path: string): Llama2cCheckpoint {
       const buf = new Float32Array(n);
       const bytes = new Uint8Array(buf.buffer);
       let got = 0;
-      while (got < bytes.length) got += readSync(fd, bytes, got, bytes.length - got, pos + got);
+      while (got < bytes.length) {
+        const k = readSync(fd, bytes, got, bytes.length - got, pos + got);
+        if (k === 0) fail(path, `unexpected end of file reading ${name} at byte ${pos + got}`);
+        got += k;
+      }
       pos += n * 4;
       raw[name] = buf;
     }

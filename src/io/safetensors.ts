@@ -3,11 +3,12 @@
  * shape and byte range, then the raw bytes. The reader validates the header completely before
  * trusting it and reads tensors lazily, one at a time, so a large file is never read whole.
  */
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError, type Tensor, fromBuffer, numel } from '../tensor/index.js';
 import { writeFileAtomic } from './atomic.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './half.js';
+import { isObject, preview, readJsonFile } from './json.js';
 
 export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -24,6 +25,8 @@ export interface TensorInfo {
 }
 
 const MAX_HEADER = 100 * 1024 * 1024;
+/** More dimensions than any tensor has; a longer shape is a broken header. */
+const MAX_DIMS = 64;
 
 function bad(file: string, msg: string): AdaptkitError {
   return new AdaptkitError(`${file}: invalid safetensors file: ${msg}`);
@@ -37,36 +40,39 @@ export function parseHeader(file: string, json: string, dataSize: number): { ten
   } catch (e) {
     throw bad(file, `header is not JSON (${(e as Error).message})`);
   }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw bad(file, 'header is not a JSON object');
+  if (!isObject(raw)) throw bad(file, `header is not a JSON object (got ${preview(raw)})`);
   const tensors = new Map<string, TensorInfo>();
   let metadata: Record<string, string> = {};
   for (const [name, v] of Object.entries(raw as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (!v || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) {
-        throw bad(file, '__metadata__ must map strings to strings');
+      if (!isObject(v) || Object.values(v).some((x) => typeof x !== 'string')) {
+        throw bad(file, `__metadata__ must map strings to strings, got ${preview(v)}`);
       }
       metadata = v as Record<string, string>;
       continue;
     }
+    const t = preview(name, 200);
+    if (!isObject(v)) throw bad(file, `entry ${t} is not an object (got ${preview(v)})`);
     const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (!e || typeof e !== 'object') throw bad(file, `entry "${name}" is not an object`);
-    if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) throw bad(file, `tensor "${name}" has unknown dtype ${JSON.stringify(e.dtype)}`);
-    if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(file, `tensor "${name}" has an invalid shape`);
+    if (typeof e.dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, e.dtype)) throw bad(file, `tensor ${t} has unknown dtype ${preview(e.dtype)}`);
+    if (!Array.isArray(e.shape) || e.shape.length > MAX_DIMS || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+      throw bad(file, `tensor ${t} has an invalid shape ${preview(e.shape)}`);
+    }
     const off = e.data_offsets;
     if (!Array.isArray(off) || off.length !== 2 || off.some((d) => !Number.isSafeInteger(d) || d < 0) || off[0] > off[1]) {
-      throw bad(file, `tensor "${name}" has invalid data_offsets`);
+      throw bad(file, `tensor ${t} has invalid data_offsets ${preview(off)}`);
     }
     const dtype = e.dtype as SafetensorsDType;
     const shape = e.shape as number[];
     const [begin, end] = off as [number, number];
     const bytes = numel(shape) * DTYPE_BYTES[dtype];
-    if (end - begin !== bytes) throw bad(file, `tensor "${name}" has ${end - begin} bytes but ${dtype} ${JSON.stringify(shape)} needs ${bytes}`);
-    if (end > dataSize) throw bad(file, `tensor "${name}" ends at byte ${end} but the data section has ${dataSize} bytes (truncated file?)`);
+    if (end - begin !== bytes) throw bad(file, `tensor ${t} has ${end - begin} bytes but ${dtype} ${preview(shape)} needs ${bytes}`);
+    if (end > dataSize) throw bad(file, `tensor ${t} ends at byte ${end} but the data section has ${dataSize} bytes (truncated file?)`);
     tensors.set(name, { dtype, shape, begin, end });
   }
   const sorted = [...tensors.entries()].filter(([, t]) => t.end > t.begin).sort((a, b) => a[1].begin - b[1].begin);
   for (let i = 1; i < sorted.length; i++) {
-    if (sorted[i]![1].begin < sorted[i - 1]![1].end) throw bad(file, `tensors "${sorted[i - 1]![0]}" and "${sorted[i]![0]}" overlap`);
+    if (sorted[i]![1].begin < sorted[i - 1]![1].end) throw bad(file, `tensors ${preview(sorted[i - 1]![0], 200)} and ${preview(sorted[i]![0], 200)} overlap`);
   }
   return { tensors, metadata };
 }
@@ -137,7 +143,11 @@ export class SafetensorsFile {
   private dataStart: number;
 
   constructor(readonly path: string) {
-    this.fd = openSync(path, 'r');
+    try {
+      this.fd = openSync(path, 'r');
+    } catch (e) {
+      throw new AdaptkitError(`${path}: cannot open (${(e as Error).message})`);
+    }
     try {
       const size = fstatSync(this.fd).size;
       if (size < 8) throw bad(path, `file has ${size} bytes, shorter than the 8-byte header length`);
@@ -205,15 +215,11 @@ export class WeightSource {
       this.files.set(single, f);
       for (const k of f.keys()) this.where.set(k, single);
     } else if (existsSync(index)) {
-      let map: Record<string, string>;
-      try {
-        map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
-      } catch (e) {
-        throw new AdaptkitError(`${index}: cannot parse (${(e as Error).message})`);
-      }
-      if (!map || typeof map !== 'object') throw new AdaptkitError(`${index}: missing "weight_map"`);
+      const doc = readJsonFile(index);
+      const map = isObject(doc) ? doc.weight_map : undefined;
+      if (!isObject(map)) throw new AdaptkitError(`${index}: "weight_map" must be an object mapping weight names to shard files, got ${preview(map)}`);
       for (const [k, file] of Object.entries(map)) {
-        if (typeof file !== 'string' || file.includes('..') || file.startsWith('/')) throw new AdaptkitError(`${index}: bad shard name for "${k}"`);
+        if (typeof file !== 'string' || file.includes('..') || file.startsWith('/')) throw new AdaptkitError(`${index}: weight_map[${preview(k)}] is not a shard file name in this folder: ${preview(file)}`);
         this.where.set(k, file);
       }
     } else {

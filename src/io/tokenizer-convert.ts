@@ -32,18 +32,25 @@ export interface SpmVocab {
  * SentencePiece's BPE applies), the Llama normalizer (prepend "▁", spaces to "▁") and decoder.
  */
 export function spmTokenizerJson(v: SpmVocab): TokenizerFiles {
-  const vocab: Record<string, number> = {};
+  // null prototype: a piece named "__proto__" or "constructor" is an ordinary key
+  const vocab: Record<string, number> = Object.create(null) as Record<string, number>;
   v.pieces.forEach((n, i) => {
     if (!(n in vocab)) vocab[n] = i;
   });
   const merges: { pair: [string, string]; score: number; id: number }[] = [];
   v.pieces.forEach((piece, id) => {
     if (v.special.has(id) || /^<0x[0-9A-Fa-f]{2}>$/.test(piece)) return;
-    const chars = [...piece];
-    for (let i = 1; i < chars.length; i++) {
-      const left = chars.slice(0, i).join('');
-      const right = chars.slice(i).join('');
-      if (left in vocab && right in vocab) merges.push({ pair: [left, right], score: v.scores[id]!, id });
+    // every split at a code-point boundary; string slices, not joined arrays, so a long piece
+    // costs one pass of lookups rather than rebuilding both halves at each cut
+    for (let at = 0; ;) {
+      const cp = piece.codePointAt(at);
+      if (cp === undefined) break;
+      at += cp > 0xffff ? 2 : 1;
+      if (at >= piece.length) break;
+      const left = piece.slice(0, at);
+      if (!(left in vocab)) continue;
+      const right = piece.slice(at);
+      if (right in vocab) merges.push({ pair: [left, right], score: v.scores[id]!, id });
     }
   });
   merges.sort((a, b) => b.score - a.score || a.id - b.id || vocab[a.pair[0]]! - vocab[b.pair[0]]!);

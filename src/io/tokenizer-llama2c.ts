@@ -19,18 +19,28 @@ export class Llama2cTokenizer {
   readonly bosId = 1;
   readonly eosId = 2;
 
-  constructor(pieces: Uint8Array[], scores: Float32Array) {
+  /** @param source names the tokenizer in errors (its file) */
+  constructor(pieces: Uint8Array[], scores: Float32Array, readonly source = 'llama2.c tokenizer') {
     this.pieces = pieces;
     this.scores = scores;
     for (let i = pieces.length - 1; i >= 0; i--) this.lookup.set(key(pieces[i]!), i);
   }
 
   static fromFile(path: string, vocabSize: number): Llama2cTokenizer {
-    const buf = readFileSync(path);
     const fail = (msg: string): never => {
       throw new AdaptkitError(`${path}: not a valid llama2.c tokenizer: ${msg}`);
     };
+    // the file does not record its size: the checkpoint's vocab_size says how many tokens to read
+    if (!Number.isSafeInteger(vocabSize) || vocabSize <= 0) fail(`vocabulary size ${vocabSize} must be a positive integer`);
+    let buf: Buffer;
+    try {
+      buf = readFileSync(path);
+    } catch (e) {
+      throw new AdaptkitError(`${path}: cannot read (${(e as Error).message})`);
+    }
     if (buf.length < 4) fail('file too short');
+    // each token takes at least 8 bytes (score and length), so a larger count cannot be in the file
+    if (vocabSize > (buf.length - 4) / 8) fail(`${buf.length} bytes cannot hold ${vocabSize} tokens`);
     let pos = 4;
     const pieces: Uint8Array[] = [];
     const scores = new Float32Array(vocabSize);
@@ -39,11 +49,11 @@ export class Llama2cTokenizer {
       scores[i] = buf.readFloatLE(pos);
       const len = buf.readInt32LE(pos + 4);
       pos += 8;
-      if (len < 0 || pos + len > buf.length) fail(`token ${i} has an invalid length ${len}`);
+      if (len < 0 || pos + len > buf.length) fail(`token ${i} has an invalid length ${len} (${buf.length - pos} bytes left)`);
       pieces.push(new Uint8Array(buf.subarray(pos, pos + len)));
       pos += len;
     }
-    return new Llama2cTokenizer(pieces, scores);
+    return new Llama2cTokenizer(pieces, scores, path);
   }
 
   get vocabSize(): number {
@@ -164,7 +174,7 @@ export class Llama2cTokenizer {
 
   /** The bytes token `id` stands for after token `prev` (no leading space right after BOS). */
   tokenBytes(id: number, prev = -1): Uint8Array {
-    if (!(id >= 0 && id < this.pieces.length)) throw new AdaptkitError(`token id ${id} out of range for a vocabulary of ${this.pieces.length}`);
+    if (!(Number.isInteger(id) && id >= 0 && id < this.pieces.length)) throw new AdaptkitError(`${this.source}: token id ${id} out of range for a vocabulary of ${this.pieces.length}`);
     let p = this.pieces[id]!;
     if (prev === this.bosId && p[0] === 0x20) p = p.subarray(1);
     const s = key(p);

@@ -94,7 +94,8 @@ export function generate(
   const step = (ids: readonly number[]): Float32Array =>
     tidy(() => noGrad(() => {
       const logits = model.forward(tensor(ids, [1, ids.length], { dtype: 'i32' }), { cache });
-      const last = narrow(logits, 1, ids.length - 1, 1);
+      // the last position: a prompt adapter may have put virtual positions before the ids
+      const last = narrow(logits, 1, logits.shape[1]! - 1, 1);
       return last.toArray() as Float32Array;
     }));
   const stream = new TextStream(tokenizer, promptIds);

@@ -8,19 +8,18 @@ import { WeightSource } from '../io/safetensors.js';
 import { llama2cHfConfig, readLlama2c } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/tokenizer-llama2c.js';
 import { HfTokenizer } from '../io/tokenizer-hf.js';
+import { describeModel } from '../nn/index.js';
 import type { RawConfig } from './config.js';
-import { parseLlamaConfig } from './llama/config.js';
-import { buildLlama } from './llama/load.js';
 import type { LlamaForCausalLM } from './llama/model.js';
-import { type GPT2LMHeadModel, buildGPT2, parseGPT2Config } from './gpt2/model.js';
-import { BertForSequenceClassification, buildBert, parseBertConfig } from './bert/model.js';
+import type { GPT2LMHeadModel } from './gpt2/model.js';
+import type { BertForSequenceClassification } from './bert/model.js';
 import { WeightMap } from './weights.js';
 import type { Tokenizer } from './tokenizer.js';
+import { familyFor } from './registry.js';
+import './families.js';
 
 export type CausalModel = LlamaForCausalLM | GPT2LMHeadModel;
 export type AnyModel = CausalModel | BertForSequenceClassification;
-
-const LLAMA_TYPES = new Set(['llama', 'mistral', 'qwen2', 'smollm']);
 
 export function readConfig(dir: string): RawConfig {
   const path = join(dir, 'config.json');
@@ -42,7 +41,8 @@ export interface LoadedModel<M = CausalModel> {
 /** A causal language model (Llama family, GPT-2). */
 export function loadModel(path: string): LoadedModel {
   const r = loadAnyModel(path);
-  if (r.model instanceof BertForSequenceClassification) throw new AdaptkitError(`${path}: a BERT encoder is not a causal language model`);
+  const d = describeModel(r.model);
+  if (d.task !== 'causal-lm') throw new AdaptkitError(`${path}: a ${d.family} ${d.task} model is not a causal language model`);
   return r as LoadedModel;
 }
 
@@ -53,7 +53,7 @@ export function loadAnyModel(path: string): LoadedModel<AnyModel> {
     const ckpt = readLlama2c(path);
     const raw = llama2cHfConfig(ckpt.config);
     const w = WeightMap.fromMap(ckpt.weights, path);
-    const model = buildLlama(parseLlamaConfig(raw, path), w);
+    const model = familyFor(String(raw.model_type), path).build(raw, w, path) as AnyModel;
     return { model, config: raw, unused: w.unused() };
   }
   const raw = readConfig(path);
@@ -61,19 +61,9 @@ export function loadAnyModel(path: string): LoadedModel<AnyModel> {
   const src = new WeightSource(path);
   try {
     const w = new WeightMap((n) => (src.has(n) ? src.read(n) : undefined), src.keys(), path);
-    if (LLAMA_TYPES.has(type)) {
-      const model = buildLlama(parseLlamaConfig(raw, join(path, 'config.json')), w);
-      return { model, config: raw, unused: w.unused().filter((n) => !n.endsWith('rotary_emb.inv_freq')) };
-    }
-    if (type === 'gpt2') {
-      const model = buildGPT2(parseGPT2Config(raw, join(path, 'config.json')), w);
-      return { model, config: raw, unused: w.unused().filter((n) => !/attn\.(masked_)?bias$/.test(n) && n !== 'lm_head.weight') };
-    }
-    if (type === 'bert') {
-      const model = buildBert(parseBertConfig(raw, join(path, 'config.json')), w);
-      return { model, config: raw, unused: w.unused().filter((n) => !n.endsWith('position_ids') && !n.startsWith('cls.')) };
-    }
-    throw new AdaptkitError(`${path}: model_type "${type}" is not supported (supported: ${[...LLAMA_TYPES, 'gpt2', 'bert'].join(', ')})`);
+    const family = familyFor(type, path);
+    const model = family.build(raw, w, path) as AnyModel;
+    return { model, config: raw, unused: w.unused().filter((n) => !family.ignoresWeight?.(n)) };
   } finally {
     src.close();
   }

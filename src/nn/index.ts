@@ -1,2 +1,5 @@
 export { Module } from './module.js';
 export { Linear, Embedding, RMSNorm, LayerNorm, type LinearLike, type EmbeddingLike } from './layers.js';
+export {
+  type AdapterDescriptor, type AttentionSlot, type DescribedModel, type KVPrefixHook, type TargetRole, type TargetSpec, describeModel,
+} from './descriptor.js';

@@ -87,6 +87,21 @@ export abstract class Module {
     return old;
   }
 
+  /**
+   * Put a module into a hook slot: a property that holds a module or null (an attention layer's
+   * `kv_prefix`). Returns what was there.
+   */
+  setSlot(path: string, next: Module | null): Module | null {
+    const parts = path.split('.');
+    const last = parts.pop()!;
+    const holder = parts.length ? (this.get(parts.join('.')) as unknown as Record<string, unknown>) : (this as unknown as Record<string, unknown>);
+    if (!(last in holder)) throw new AdaptkitError(`no module or hook slot at "${path}"`);
+    const old = holder[last];
+    if (old !== null && !(old instanceof Module)) throw new AdaptkitError(`"${path}" is not a module slot`);
+    holder[last] = next;
+    return old as Module | null;
+  }
+
   /** Parameter count (all, or only trainable). */
   numParameters(trainableOnly = false): number {
     return (trainableOnly ? this.trainableParameters() : this.parameters()).reduce((n, t) => n + t.size, 0);

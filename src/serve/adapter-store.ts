@@ -1,17 +1,16 @@
 /**
- * The adapters a server can use: PEFT LoRA folders found in a directory or registered at run
- * time, loaded into fixed slots on first use and evicted least-recently-used when the slots are
- * full (never while a running request uses them). Every target layer holds one stack of all
- * loaded adapters' A and B matrices (zero-padded to the largest rank), so a batch step gathers each
- * row's adapter by slot index: the S-LoRA/Punica layout, with no per-request merging.
+ * The adapters a server can use: PEFT folders of any registered method, found in a directory or
+ * registered at run time, loaded on first use and evicted least-recently-used beyond
+ * `maxLoaded` (never while a running request uses them). Methods with the row-batched capability
+ * are written into fixed slots of per-layer stacks (the S-LoRA/Punica layout: a batch step
+ * gathers each row's slot, no per-request merging); adapters of other methods stay attached to
+ * the store's adapter model, and their rows run as sub-batches with the adapter active.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, type Tensor, tensor, zeros } from '../tensor/index.js';
-import { Linear, type Module } from '../nn/index.js';
-import { SafetensorsFile } from '../io/safetensors.js';
-import { readAdapterConfig } from '../adapters/files.js';
-import { AdaptedLayer, MixedLoraDelta, RowRouting, getMethod, rankAndScale, type LoraConfig } from '../adapters/index.js';
+import { AdaptkitError, type Tensor } from '../tensor/index.js';
+import type { Module } from '../nn/index.js';
+import { AdapterModel, RowStacks, isRowBatched, readAdapterConfig, stackedDeltas, type AdapterInstance } from '../adapters/index.js';
 
 /** A client error: the HTTP layer answers it with 4xx and the message. */
 export class RequestError extends AdaptkitError {
@@ -20,17 +19,22 @@ export class RequestError extends AdaptkitError {
   }
 }
 
-interface Stack {
-  delta: MixedLoraDelta;
-  inF: number;
-  outF: number;
+/** How one sequence's adapter runs: in a slot of a stack (row-batched), or as its own group. */
+export interface AdapterRoute {
+  /** Requests with the same group run in one forward ('' for row-batched and base-model rows). */
+  group: string;
+  stack: string | null;
+  slot: number;
+  /** Positions the adapter puts before the sequence (prompt tuning). */
+  addedPositions: number;
 }
 
+export const BASE_ROUTE: AdapterRoute = { group: '', stack: null, slot: 0, addedPositions: 0 };
+
 interface Loaded {
-  slot: number;
+  route: AdapterRoute;
   pins: number;
   lastUsed: number;
-  bytes: number;
 }
 
 export interface StoreStats {
@@ -41,16 +45,15 @@ export interface StoreStats {
 }
 
 export class AdapterStore {
+  readonly am: AdapterModel;
   private paths = new Map<string, string>();
   private loaded = new Map<string, Loaded>();
-  private stacks = new Map<string, Stack>();
-  private freeSlots: number[];
+  private stacks = new Map<string, { stacks: RowStacks; free: number[] }>();
   private clock = 0;
-  readonly routing = new RowRouting();
   readonly stats: StoreStats = { hits: 0, misses: 0, evictions: 0, loaded: 0 };
 
   constructor(readonly model: Module, readonly maxLoaded: number, readonly maxRank: number, dir?: string) {
-    this.freeSlots = Array.from({ length: maxLoaded }, (_, i) => maxLoaded - i);
+    this.am = new AdapterModel(model);
     if (dir) this.scan(dir);
   }
 
@@ -73,9 +76,11 @@ export class AdapterStore {
 
   /** Register (and validate by loading) an adapter at run time. */
   register(name: string, path: string): void {
-    if (!/^[\w.\-/]+$/.test(name)) throw new RequestError(`invalid adapter name "${name}"`);
+    if (!/^[\w.-]{1,64}$/.test(name)) throw new RequestError(`invalid adapter name "${name}" (letters, digits, _ . -, at most 64)`);
     if (this.paths.has(name)) throw new RequestError(`an adapter named "${name}" is already registered`);
-    this.readAdapter(name, path); // validates; the weights load on first use
+    const inst = this.read(name, path);
+    this.fit(inst);
+    this.am.delete(name); // the weights load again on first use
     this.paths.set(name, path);
   }
 
@@ -87,31 +92,76 @@ export class AdapterStore {
     this.paths.delete(name);
   }
 
-  /** The slot of an adapter for a request, loading it (and evicting the LRU one) when needed. */
-  acquire(name: string): number {
+  /** Load an adapter folder into the store's adapter model, with every error a 400 naming the problem. */
+  private read(name: string, path: string): AdapterInstance {
+    try {
+      readAdapterConfig(path); // folder and config checks first, with their own messages
+      const inst = this.am.load(path, name);
+      // loading activates a first adapter; here an adapter is active only for its own rows' forward
+      this.am.setActive([]);
+      return inst;
+    } catch (e) {
+      throw e instanceof RequestError ? e : new RequestError(`adapter "${name}": ${(e as Error).message}`);
+    }
+  }
+
+  /** The stack an adapter goes into (created on first use), after checking it fits the slots. */
+  private fit(inst: AdapterInstance): string | null {
+    const form = inst.method.rowBatched;
+    if (!form || !isRowBatched(inst)) return null;
+    const key = form.key(inst);
+    const id = `${inst.method.peftType}:${key}`;
+    const limits = form.limits(key, this.maxRank);
+    for (const [k, v] of Object.entries(form.sizes(inst))) {
+      if (v > (limits[k] ?? 0)) throw new RequestError(`adapter "${inst.name}": "${k}" is ${v}, above the server's --max-rank ${this.maxRank}`);
+    }
+    if (!this.stacks.has(id)) {
+      this.stacks.set(id, {
+        stacks: new RowStacks(form, key, this.model, this.maxLoaded, limits),
+        free: Array.from({ length: this.maxLoaded }, (_, i) => this.maxLoaded - i),
+      });
+    }
+    return id;
+  }
+
+  /** The route of an adapter for a request, loading it (and evicting the LRU one) when needed. */
+  acquire(name: string): AdapterRoute {
     const path = this.paths.get(name);
     if (!path) throw new RequestError(`the model "${name}" does not exist`, 404);
     let l = this.loaded.get(name);
     if (l) {
       this.stats.hits++;
     } else {
-      if (this.freeSlots.length === 0) {
-        const victim = [...this.loaded.entries()].filter(([, x]) => x.pins === 0).sort((a, b) => a[1].lastUsed - b[1].lastUsed)[0];
-        if (!victim) throw new RequestError('every adapter slot is in use; try again shortly', 429);
-        this.evict(victim[0]);
-        this.stats.evictions++;
+      if (this.loaded.size >= this.maxLoaded) this.evictOne();
+      const inst = this.read(name, path);
+      let stack: string | null;
+      try {
+        stack = this.fit(inst);
+      } catch (e) {
+        this.am.delete(name);
+        throw e;
       }
-      const weights = this.readAdapter(name, path);
       this.stats.misses++;
-      const slot = this.freeSlots.pop()!;
-      for (const [p, w] of weights) this.write(p, slot, w);
-      l = { slot, pins: 0, lastUsed: 0, bytes: 0 };
+      let route: AdapterRoute;
+      if (stack) {
+        const s = this.stacks.get(stack)!;
+        if (s.free.length === 0) {
+          this.evictOne(stack);
+        }
+        const slot = s.free.pop()!;
+        s.stacks.write(slot, inst);
+        this.am.delete(name); // its values live in the slot now
+        route = { group: '', stack, slot, addedPositions: 0 };
+      } else {
+        route = { group: name, stack: null, slot: 0, addedPositions: inst.addedPositions ?? 0 };
+      }
+      l = { route, pins: 0, lastUsed: 0 };
       this.loaded.set(name, l);
       this.stats.loaded = this.loaded.size;
     }
     l.pins++;
     l.lastUsed = ++this.clock;
-    return l.slot;
+    return l.route;
   }
 
   release(name: string): void {
@@ -119,128 +169,57 @@ export class AdapterStore {
     if (l && l.pins > 0) l.pins--;
   }
 
+  /** Evict the least recently used adapter nobody is using (of one stack, when given). */
+  private evictOne(stack?: string): void {
+    const victim = [...this.loaded.entries()]
+      .filter(([, x]) => x.pins === 0 && (stack === undefined || x.route.stack === stack))
+      .sort((a, b) => a[1].lastUsed - b[1].lastUsed)[0];
+    if (!victim) throw new RequestError('every adapter slot is in use; try again shortly', 429);
+    this.evict(victim[0]);
+    this.stats.evictions++;
+  }
+
   private evict(name: string): void {
     const l = this.loaded.get(name)!;
-    for (const p of this.stacks.keys()) this.write(p, l.slot, null);
-    this.freeSlots.push(l.slot);
+    if (l.route.stack) {
+      const s = this.stacks.get(l.route.stack)!;
+      s.stacks.clear(l.route.slot);
+      s.free.push(l.route.slot);
+    } else {
+      this.am.delete(name);
+    }
     this.loaded.delete(name);
     this.stats.loaded = this.loaded.size;
   }
 
-  /** Read and validate an adapter against the base model: LoRA only, known layers, right shapes. */
-  private readAdapter(name: string, path: string): Map<string, { A: Float32Array; B: Float32Array; r: number; scale: number }> {
-    const cfgPath = join(path, 'adapter_config.json');
-    let raw: Record<string, unknown>;
-    try {
-      raw = readAdapterConfig(path);
-    } catch (e) {
-      throw new RequestError((e as Error).message);
-    }
-    if (raw.peft_type !== 'LORA') throw new RequestError(`adapter "${name}" is ${JSON.stringify(raw.peft_type)}; the server batches LoRA adapters`);
-    let cfg: LoraConfig;
-    try {
-      cfg = getMethod('LORA').parseConfig(raw, cfgPath) as LoraConfig;
-    } catch (e) {
-      throw new RequestError((e as Error).message);
-    }
-    if (cfg.use_dora || cfg.bias !== 'none') throw new RequestError(`adapter "${name}" uses DoRA or a trained bias, which the server does not batch`);
-    const file = join(path, 'adapter_model.safetensors');
-    if (!existsSync(file)) throw new RequestError(`${path}: no adapter_model.safetensors`);
-    let f: SafetensorsFile;
-    try {
-      f = new SafetensorsFile(file);
-    } catch (e) {
-      throw new RequestError((e as Error).message);
-    }
-    const out = new Map<string, { A: Float32Array; B: Float32Array; r: number; scale: number }>();
-    try {
-      const keys = f.keys();
-      const mods = new Set<string>();
-      for (const k of keys) {
-        const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(k);
-        if (!m) throw new RequestError(`adapter "${name}": unexpected tensor "${k}"`);
-        mods.add(m[1]!);
-      }
-      for (const p of mods) {
-        let layer: Module;
-        try {
-          layer = this.model.get(p);
-        } catch {
-          throw new RequestError(`adapter "${name}" targets "${p}", which the served model does not have (an adapter for another base model?)`);
-        }
-        const lin = layer instanceof AdaptedLayer ? layer.base_layer : layer;
-        if (!(lin instanceof Linear)) throw new RequestError(`adapter "${name}": "${p}" is not a linear layer`);
-        const ka = `base_model.model.${p}.lora_A.weight`;
-        const kb = `base_model.model.${p}.lora_B.weight`;
-        if (!f.has(ka) || !f.has(kb)) throw new RequestError(`adapter "${name}": "${p}" lacks lora_A or lora_B`);
-        const [r, inF] = f.info(ka).shape as [number, number];
-        const [outF, r2] = f.info(kb).shape as [number, number];
-        if (inF !== lin.inFeatures || outF !== lin.outFeatures || r !== r2) {
-          throw new RequestError(`adapter "${name}": "${p}" has lora_A [${r}, ${inF}] and lora_B [${outF}, ${r2}], but the layer is ${lin.outFeatures}x${lin.inFeatures} (wrong base model?)`);
-        }
-        if (r > this.maxRank) throw new RequestError(`adapter "${name}" has rank ${r} at "${p}", above the server's maximum ${this.maxRank}`);
-        const { scale } = rankAndScale(cfg, p);
-        out.set(p, { A: f.read(ka).toArray() as Float32Array, B: f.read(kb).toArray() as Float32Array, r, scale });
-      }
-    } finally {
-      f.close();
-    }
-    return out;
-  }
-
-  /** Write (or clear) one slot of a layer's stack, creating the stack and its wrapper on first use. */
-  private write(path: string, slot: number, w: { A: Float32Array; B: Float32Array; r: number; scale: number } | null): void {
-    let st = this.stacks.get(path);
-    if (!st) {
-      if (!w) return;
-      const lin = this.model.get(path) as Linear;
-      const inF = lin.inFeatures;
-      const outF = lin.outFeatures;
-      const n = this.maxLoaded + 1;
-      const delta = new MixedLoraDelta(zeros([n, this.maxRank, inF]).keep(), zeros([n, outF, this.maxRank]).keep(), zeros([n]).keep(), this.routing);
-      this.model.replace(path, new AdaptedLayer(lin, [delta]));
-      st = { delta, inF, outF };
-      this.stacks.set(path, st);
-    }
-    const R = this.maxRank;
-    const a = st.delta.stackA.storage.data as Float32Array;
-    const b = st.delta.stackB.storage.data as Float32Array;
-    const s = st.delta.scales.storage.data as Float32Array;
-    const aOff = slot * R * st.inF;
-    const bOff = slot * st.outF * R;
-    a.fill(0, aOff, aOff + R * st.inF);
-    b.fill(0, bOff, bOff + st.outF * R);
-    s[slot] = 0;
-    if (!w) return;
-    a.set(w.A, aOff); // rows 0..r-1 of [R, in]
-    for (let o = 0; o < st.outF; o++) b.set(w.B.subarray(o * w.r, (o + 1) * w.r), bOff + o * R);
-    s[slot] = w.scale;
-  }
-
-  /** Route the rows of the next forward to these slots (0: no adapter). */
-  route(slots: readonly number[]): void {
-    this.routing.rows?.dispose();
-    this.routing.rows = tensor(slots, [slots.length], { dtype: 'i32' }).keep();
+  /**
+   * Run fn (one forward) for rows on these routes, which must share one group: row-batched rows
+   * gather their slots, a group of another method runs with its adapter active.
+   */
+  run<T>(routes: readonly AdapterRoute[], fn: () => T): T {
+    const group = routes[0]?.group ?? '';
+    if (routes.some((r) => r.group !== group)) throw new AdaptkitError('one forward mixes adapter groups');
+    if (group !== '') return this.am.withActive([group], fn);
+    const used = new Set(routes.map((r) => r.stack).filter((s): s is string => s !== null));
+    if (used.size === 0) return fn();
+    const active = [...used].map((id) => this.stacks.get(id)!.stacks);
+    for (const s of active) s.route(routes.map((r) => (r.stack !== null && this.stacks.get(r.stack)!.stacks === s ? r.slot : 0)));
+    return this.am.withDeltas(stackedDeltas(active), fn);
   }
 
   /** Put the model's original layers back and free the stacks (the store is unusable afterwards). */
   detach(): void {
-    for (const [p, st] of this.stacks) {
-      const w = this.model.get(p) as AdaptedLayer;
-      this.model.replace(p, w.base_layer as unknown as Module);
-      st.delta.stackA.dispose();
-      st.delta.stackB.dispose();
-      st.delta.scales.dispose();
-    }
+    for (const n of [...this.am.adapters.keys()]) this.am.delete(n);
+    for (const { stacks } of this.stacks.values()) stacks.dispose();
     this.stacks.clear();
     this.loaded.clear();
   }
 
-  /** Bytes of adapter weights held in the stacks. */
+  /** Bytes of adapter weights held in the stacks and the attached adapters. */
   stackBytes(): number {
     let n = 0;
-    for (const s of this.stacks.values()) n += (s.delta.stackA.size + s.delta.stackB.size) * 4;
+    for (const { stacks } of this.stacks.values()) n += stacks.bytes();
+    for (const inst of this.am.adapters.values()) n += inst.parameters().reduce((s: number, t: Tensor) => s + t.size * 4, 0);
     return n;
   }
 }
-

@@ -5,12 +5,12 @@
  * updates gathered per row. When the cache runs out of blocks, the newest sequence is preempted
  * and recomputed later. Finished sequences leave the batch at once and new ones join.
  */
-import { Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
+import { Rng, type Tensor, bufferPool, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { sampleToken } from '../models/generate.js';
 import { TextStream } from '../models/detokenize.js';
-import { AdapterStore, RequestError } from './adapter-store.js';
+import { type AdapterRoute, AdapterStore, BASE_ROUTE, RequestError } from './adapter-store.js';
 import { BlockPool, SequenceKV, StepCache } from './paged-cache.js';
 
 export interface ServedModel extends Module {
@@ -59,7 +59,9 @@ export interface EngineOptions {
 interface Seq {
   req: GenerationRequest;
   kv: SequenceKV;
-  slot: number;
+  route: AdapterRoute;
+  /** Whether the adapter is pinned for this sequence (from first admission until it ends). */
+  acquired: boolean;
   generated: number[];
   emitted: string;
   stream: TextStream;
@@ -86,6 +88,10 @@ export interface EngineMetrics {
   loadedAdapters: number;
   adapterBytes: number;
   kvCacheBytes: number;
+  cancelled: number;
+  /** Idle buffers in this thread's tensor pool, and the pool's cap. */
+  bufferPoolBytes: number;
+  bufferPoolLimitBytes: number;
 }
 
 function kvShape(model: Module): { layers: number; kvHeads: number; headDim: number } {
@@ -103,6 +109,7 @@ export class Engine {
   private admitCounter = 0;
   private generated = 0;
   private preemptions = 0;
+  private cancelled = 0;
   private rate = { tokens: 0, since: Date.now(), value: 0 };
 
   constructor(readonly model: ServedModel, readonly tokenizer: Tokenizer, readonly opts: EngineOptions) {
@@ -125,7 +132,7 @@ export class Engine {
     const needBlocks = Math.ceil((req.promptIds.length + req.maxTokens) / this.pool.blockSize);
     if (needBlocks > this.pool.numBlocks) throw new RequestError(`the request needs ${needBlocks} KV blocks, more than the server's ${this.pool.numBlocks}`);
     this.waiting.push({
-      req, kv: new SequenceKV(), slot: 0, generated: [], emitted: '', stream: new TextStream(this.tokenizer, req.promptIds),
+      req, kv: new SequenceKV(), route: BASE_ROUTE, acquired: false, generated: [], emitted: '', stream: new TextStream(this.tokenizer, req.promptIds),
       rng: new Rng(req.seed ?? 0), pending: req.promptIds.slice(), onToken, onDone, onError, admitted: 0,
     });
   }
@@ -137,7 +144,26 @@ export class Engine {
       preemptions: this.preemptions, freeBlocks: this.pool.freeBlocks, totalBlocks: this.pool.numBlocks,
       adapterHits: st.hits, adapterMisses: st.misses, adapterEvictions: st.evictions, loadedAdapters: st.loaded,
       adapterBytes: this.store.stackBytes(), kvCacheBytes: this.pool.numBlocks * this.pool.blockFloats * this.pool.layers * 2 * 4,
+      cancelled: this.cancelled, bufferPoolBytes: bufferPool.pooledBytes, bufferPoolLimitBytes: bufferPool.limitBytes,
     };
+  }
+
+  /**
+   * Drop a request whose client has gone, waiting or running, giving its KV blocks and its adapter
+   * pin back at once; nothing more is reported for it. False when it is not here (already done).
+   */
+  cancel(id: string): boolean {
+    for (const list of [this.waiting, this.running]) {
+      const i = list.findIndex((s) => s.req.id === id);
+      if (i < 0) continue;
+      const s = list.splice(i, 1)[0]!;
+      s.kv.free(this.pool);
+      // the pin is taken on first admission and kept through preemption
+      if (s.acquired) this.store.release(s.req.adapter!);
+      this.cancelled++;
+      return true;
+    }
+    return false;
   }
 
   /** One scheduling step: admit and prefill, then decode every running sequence once. */
@@ -154,16 +180,25 @@ export class Engine {
   private admit(): void {
     while (this.waiting.length > 0 && this.running.length < this.opts.maxBatch) {
       const s = this.waiting[0]!;
-      if (!s.kv.reserve(this.pool, s.pending.length + 1)) break; // wait for blocks to free up
       try {
-        if (s.req.adapter !== null && s.admitted === 0) s.slot = this.store.acquire(s.req.adapter);
+        if (s.req.adapter !== null && !s.acquired) {
+          s.route = this.store.acquire(s.req.adapter);
+          s.acquired = true;
+          const need = s.req.promptIds.length + s.req.maxTokens + s.route.addedPositions;
+          if (need > this.opts.contextLength) {
+            throw new RequestError(`prompt (${s.req.promptIds.length} tokens), the adapter's ${s.route.addedPositions} virtual tokens and max_tokens (${s.req.maxTokens}) exceed the context of ${this.opts.contextLength}`);
+          }
+        }
       } catch (e) {
-        s.kv.free(this.pool);
         if (e instanceof RequestError && e.status === 429) break;
         this.waiting.shift();
+        if (s.acquired) this.store.release(s.req.adapter!);
         s.onError(e as Error);
         continue;
       }
+      // the first forward also writes the positions a prompt adapter puts before the sequence
+      const added = s.kv.length === 0 ? s.route.addedPositions : 0;
+      if (!s.kv.reserve(this.pool, s.pending.length + 1 + added)) break; // wait for blocks to free up
       this.waiting.shift();
       s.admitted = ++this.admitCounter;
       this.running.push(s);
@@ -184,11 +219,19 @@ export class Engine {
       this.preempt(victim);
       if (this.running.length === 0) return;
     }
-    const batch = this.running.slice();
-    try {
-      this.forward(batch, batch.map((s) => s.pending[0]!));
-    } catch (e) {
-      for (const s of batch) this.finish(s, null, e as Error);
+    // rows of row-batched adapters (and of none) decode together; each other adapter as a group
+    const groups = new Map<string, Seq[]>();
+    for (const s of this.running) {
+      const g = groups.get(s.route.group);
+      if (g) g.push(s);
+      else groups.set(s.route.group, [s]);
+    }
+    for (const batch of groups.values()) {
+      try {
+        this.forward(batch, batch.map((s) => s.pending[0]!));
+      } catch (e) {
+        for (const s of batch) this.finish(s, null, e as Error);
+      }
     }
   }
 
@@ -210,17 +253,22 @@ export class Engine {
     const T = prefill ? tokens.length : 1;
     const B = seqs.length;
     const cache = new StepCache(this.pool, seqs.map((s) => s.kv), seqs.map(() => T));
-    const positions = new Int32Array(B * T);
-    seqs.forEach((s, b) => {
-      for (let t = 0; t < T; t++) positions[b * T + t] = s.kv.length + t;
-    });
-    this.store.route(seqs.map((s) => s.slot));
-    const logits = tidy(() => noGrad(() => {
-      const ids = tensor(prefill ? tokens : tokens, [B, T], { dtype: 'i32' });
+    const logits = tidy(() => noGrad(() => this.store.run(seqs.map((s) => s.route), () => {
+      const ids = tensor(tokens, [B, T], { dtype: 'i32' });
+      // a prefill starts at position 0 of one sequence: no padding, and the model counts any
+      // positions a prompt adapter puts first; a decode batch has rows at different positions
+      if (prefill) {
+        const out = this.model.forward(ids, { cache });
+        return narrow(out, 1, out.shape[1]! - 1, 1).toArray() as Float32Array;
+      }
+      const positions = new Int32Array(B * T);
+      seqs.forEach((s, b) => {
+        for (let t = 0; t < T; t++) positions[b * T + t] = s.kv.length + t;
+      });
       const mask = tensor(cache.mask(T), [B, cache.length + T]);
       const out = this.model.forward(ids, { cache, attentionMask: mask, positions: tensor(positions, [B, T], { dtype: 'i32' }) });
       return narrow(out, 1, T - 1, 1).toArray() as Float32Array;
-    }));
+    })));
     cache.commit();
     const V = logits.length / B;
     seqs.forEach((s, b) => this.emit(s, logits.subarray(b * V, (b + 1) * V)));

@@ -1,28 +1,60 @@
 /**
  * The OpenAI-compatible HTTP API (fastify). `model` selects the base model or an adapter by name.
  * Routes: POST /v1/completions and /v1/chat/completions (SSE when `stream`), GET /v1/models,
- * POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's shapes), GET /health and
- * Prometheus GET /metrics. The engine runs in a worker thread.
+ * POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's shapes, only with
+ * `allowRuntimeLora`), GET /health and Prometheus GET /metrics. The engine runs in one worker
+ * thread and prompt encoding in another, so this thread only parses, checks and streams.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { type FileHandle, open, realpath, stat } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { AdaptkitError } from '../tensor/index.js';
 import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest } from './engine.js';
-import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
+import type { ChatMessage, FromWorker, GenerationEvent, ReadyInfo, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
 
 export interface ServerOptions {
   model: string;
+  /** Modules that register adapter methods or model families (the CLI's --plugin). */
+  plugins?: string[];
   tokenizer?: string;
   servedModelName: string;
   apiKey?: string;
   engine: EngineOptions;
   maxTokensLimit: number;
   maxPromptTokens: number;
+  /** Longest prompt in UTF-8 bytes, checked before tokenizing (default: PROMPT_BYTES_PER_TOKEN × maxPromptTokens). */
+  maxPromptBytes?: number;
   bodyLimit?: number;
   backend?: 'js' | 'native';
   threads?: number;
+  /** Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (off: they answer 404). */
+  allowRuntimeLora?: boolean;
+  /** The folder runtime-loaded adapters must lie under (default: engine.adapterDir). */
+  loraRoot?: string;
+  /** Cap of the engine thread's tensor buffer pool in MiB (default: engine.kvCacheMb). */
+  poolMb?: number;
+  /**
+   * Largest adapter weights file a runtime load may name, in MiB (default: what a LoRA of rank
+   * engine.maxRank on every linear layer of the model needs, in the widest dtype).
+   */
+  maxAdapterMb?: number;
 }
+
+/**
+ * The default prompt byte limit per allowed prompt token. Real tokenizers average 3-5 bytes per
+ * token on text; 16 leaves room for long merged tokens (runs of spaces, code) while keeping the
+ * text a request can make the tokenizer chew through proportional to what it may use.
+ */
+export const PROMPT_BYTES_PER_TOKEN = 16;
+const CONFIG_MAX_BYTES = 1 << 20;
+const HEADER_MAX_BYTES = 1 << 20;
+const ADAPTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** What a request's handlers hear when its client has left; nothing is sent then. */
+const CLIENT_GONE = 499;
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string, readonly type = 'invalid_request_error', readonly param: string | null = null) {
@@ -36,13 +68,15 @@ interface Handlers {
   onError: (status: number, message: string) => void;
 }
 
-/** The HTTP side of the worker: submissions with streamed events, and calls with replies. */
-class EngineClient {
-  private worker: Worker;
-  private streams = new Map<string, Handlers>();
-  private calls = new Map<number, (m: Extract<FromWorker, { type: 'reply' }>) => void>();
+type Reply = Extract<FromWorker, { type: 'reply' }>;
+
+/** A worker thread answering numbered calls; subclasses take the other messages. */
+class WorkerClient {
+  protected worker: Worker;
+  private calls = new Map<number, (m: Reply) => void>();
   private nextCall = 1;
-  ready: Promise<{ vocabSize: number; contextLength: number; adapters: string[] }>;
+  private stopped: string | null = null;
+  ready: Promise<ReadyInfo>;
 
   constructor(init: WorkerInit) {
     const self = fileURLToPath(import.meta.url);
@@ -53,50 +87,100 @@ class EngineClient {
       ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(pathToFileURL(file).href)}); });`, { eval: true, workerData: init })
       : new Worker(file, { workerData: init });
     this.ready = new Promise((resolve, reject) => {
-      this.worker.once('error', reject);
+      this.worker.on('error', (e) => {
+        this.stopped = e.message;
+        reject(e);
+      });
       this.worker.on('message', (m: FromWorker) => {
         if (m.type === 'ready') resolve(m);
         else if (m.type === 'fatal') reject(new Error(m.message));
         else if (m.type === 'reply') {
           this.calls.get(m.call)?.(m);
           this.calls.delete(m.call);
-        } else {
-          const h = this.streams.get(m.id);
-          if (!h) return;
-          if (m.type === 'token') h.onToken(m.text);
-          else if (m.type === 'done') {
-            this.streams.delete(m.id);
-            h.onDone(m);
-          } else {
-            this.streams.delete(m.id);
-            h.onError(m.status, m.message);
-          }
-        }
+        } else this.onEvent(m);
       });
+    });
+    // a thread that died must not leave callers waiting forever
+    this.worker.on('exit', () => {
+      this.stopped ??= 'the worker thread stopped';
+      for (const answer of this.calls.values()) answer({ type: 'reply', call: 0, ok: false, status: 503, message: 'the server is not running' });
+      this.calls.clear();
+      this.onExit();
     });
   }
 
-  submit(req: GenerationRequest, h: Handlers): void {
-    this.streams.set(req.id, h);
-    this.worker.postMessage({ type: 'submit', req } satisfies ToWorker);
+  protected onEvent(_m: FromWorker): void {}
+
+  protected onExit(): void {}
+
+  protected post(msg: ToWorker | ToTokenizer): void {
+    this.worker.postMessage(msg);
   }
 
   async call<T>(msg: Record<string, unknown> & { type: string }): Promise<T> {
+    if (this.stopped) throw new HttpError(503, 'the server is not running', 'server_error');
     const call = this.nextCall++;
-    const reply = await new Promise<Extract<FromWorker, { type: 'reply' }>>((resolve) => {
+    const reply = await new Promise<Reply>((resolve) => {
       this.calls.set(call, resolve);
-      this.worker.postMessage({ ...msg, call } as ToWorker);
+      this.post({ ...msg, call } as ToWorker);
     });
-    if (!reply.ok) throw new HttpError(reply.status ?? 500, reply.message ?? 'error');
+    if (!reply.ok) throw new HttpError(reply.status ?? 500, reply.message ?? 'error', (reply.status ?? 500) >= 500 ? 'server_error' : 'invalid_request_error');
     return reply.value as T;
+  }
+
+  terminate(): Promise<number> {
+    return this.worker.terminate();
+  }
+}
+
+/** The engine thread: submissions with streamed events, cancellations, and calls with replies. */
+class EngineClient extends WorkerClient {
+  private streams = new Map<string, Handlers>();
+
+  protected override onEvent(m: FromWorker): void {
+    if (m.type === 'events') for (const e of m.events) this.dispatch(e);
+  }
+
+  private dispatch(m: GenerationEvent): void {
+    const h = this.streams.get(m.id);
+    if (!h) return;
+    if (m.type === 'token') h.onToken(m.text);
+    else if (m.type === 'done') {
+      this.streams.delete(m.id);
+      h.onDone(m);
+    } else {
+      this.streams.delete(m.id);
+      h.onError(m.status, m.message);
+    }
+  }
+
+  protected override onExit(): void {
+    for (const h of this.streams.values()) h.onError(503, 'the engine stopped');
+    this.streams.clear();
+  }
+
+  submit(req: GenerationRequest, stream: boolean, h: Handlers): void {
+    this.streams.set(req.id, h);
+    this.post({ type: 'submit', req, stream });
+  }
+
+  /** The client left: stop generating for it and free its cache now, not after max_tokens. */
+  cancel(id: string): void {
+    const h = this.streams.get(id);
+    if (!h) return;
+    this.streams.delete(id);
+    this.post({ type: 'cancel', id });
+    h.onError(CLIENT_GONE, 'the client closed the connection');
   }
 
   get inFlight(): number {
     return this.streams.size;
   }
+}
 
-  terminate(): Promise<number> {
-    return this.worker.terminate();
+class TokenizerClient extends WorkerClient {
+  encode(text: string, chat?: ChatMessage[]): Promise<number[]> {
+    return this.call<number[]>({ type: 'encode', text, chat });
   }
 }
 
@@ -122,6 +206,138 @@ function stopField(body: Record<string, unknown>): string[] | undefined {
   throw new HttpError(400, '"stop" must be a string or a list of up to 4 strings', 'invalid_request_error', 'stop');
 }
 
+/** Hash both sides so the comparison takes the same time whatever the lengths and contents. */
+const sha256 = (s: string) => createHash('sha256').update(s, 'utf8').digest();
+
+/** The folder runtime loads must stay in: the path as configured, and what it really is. */
+interface LoraRoot {
+  abs: string;
+  real: string;
+}
+
+/** Whether `p` lies strictly below `root`; the separator keeps /a/adapters-evil out of /a/adapters. */
+function under(p: string, root: string): boolean {
+  return p.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
+const refused = (message: string) => new HttpError(403, message, 'permission_error', 'lora_path');
+const badAdapter = (message: string) => new HttpError(400, message, 'invalid_request_error', 'lora_path');
+
+/**
+ * Open one of an adapter folder's files for the checks, refusing anything a reader could stall on
+ * or be flooded by: links out of the root, FIFOs, devices, sockets and oversized files. The file
+ * is examined by stat before it is opened (opening some devices has effects), opened without
+ * blocking (a FIFO swapped in meanwhile cannot hang the open), and examined again on the handle.
+ */
+async function openAdapterFile(dir: string, root: LoraRoot, name: string, maxBytes: number): Promise<{ fh: FileHandle; size: number }> {
+  let real: string;
+  try {
+    real = await realpath(join(dir, name));
+  } catch {
+    throw badAdapter(`the adapter folder has no readable ${name}`);
+  }
+  if (!under(real, root.real)) throw refused(`${name} links to a file outside the adapter root`);
+  const check = (st: { isFile(): boolean; size: number }) => {
+    if (!st.isFile()) throw badAdapter(`${name} is not a regular file`);
+    if (st.size > maxBytes) throw badAdapter(`${name} has ${st.size} bytes, more than the limit of ${maxBytes}`);
+  };
+  const before = await stat(real);
+  check(before);
+  let fh: FileHandle;
+  try {
+    fh = await open(real, fsc.O_RDONLY | (fsc.O_NONBLOCK ?? 0));
+  } catch {
+    throw badAdapter(`${name} cannot be read`);
+  }
+  try {
+    const st = await fh.stat();
+    check(st);
+    if (st.ino !== before.ino || st.dev !== before.dev) throw badAdapter(`${name} changed while it was checked`);
+    return { fh, size: st.size };
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+}
+
+async function readExactly(fh: FileHandle, n: number, at: number): Promise<Buffer> {
+  const buf = Buffer.alloc(n);
+  let got = 0;
+  while (got < n) {
+    const { bytesRead } = await fh.read(buf, got, n - got, at + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return buf.subarray(0, got);
+}
+
+/** JSON that must be an object; errors never quote the text, which may be anything. */
+function parseObject(buf: Buffer, what: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(buf.toString('utf8'));
+  } catch {
+    throw badAdapter(`${what} is not valid JSON`);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw badAdapter(`${what} is not a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/**
+ * Check a runtime-load request's folder on this thread, before the engine sees it: the folder is
+ * below the root (by its real path), its config and weights are bounded regular files, and both
+ * parse. Returns the real path, which is what the engine then registers.
+ */
+async function checkAdapterFolder(given: string, root: LoraRoot, maxWeightBytes: number): Promise<string> {
+  if (given.length === 0 || given.length > 4096 || given.includes('\0')) throw badAdapter('"lora_path" must be a path of 1 to 4096 characters');
+  // relative paths name folders inside the root; a path that is outside on its face is refused
+  // before the file system is asked, so answers do not reveal what exists elsewhere
+  const lexical = resolve(root.abs, given);
+  if (!under(lexical, root.abs) && !under(lexical, root.real)) throw refused('"lora_path" must be a folder under the server\'s adapter root');
+  let real: string;
+  try {
+    real = await realpath(lexical);
+  } catch {
+    throw badAdapter('"lora_path" does not exist or cannot be read');
+  }
+  if (!under(real, root.real)) throw refused('"lora_path" must be a folder under the server\'s adapter root');
+  if (!(await stat(real)).isDirectory()) throw badAdapter('"lora_path" is not a folder');
+
+  const cfg = await openAdapterFile(real, root, 'adapter_config.json', CONFIG_MAX_BYTES);
+  try {
+    const raw = parseObject(await readExactly(cfg.fh, cfg.size, 0), 'adapter_config.json');
+    // which methods are registered is the engine's to say: it loads the folder with the adapter layer
+    // the engine names the method in its errors: keep what it may quote short
+    if (typeof raw.peft_type !== 'string' || !/^[A-Za-z0-9_]{1,64}$/.test(raw.peft_type)) throw badAdapter('adapter_config.json: "peft_type" must name an adapter method');
+  } finally {
+    await cfg.fh.close();
+  }
+  const w = await openAdapterFile(real, root, 'adapter_model.safetensors', maxWeightBytes);
+  try {
+    const head = await readExactly(w.fh, 8, 0);
+    if (head.length < 8) throw badAdapter('adapter_model.safetensors is shorter than a safetensors header');
+    const len = head.readBigUInt64LE(0);
+    if (len > BigInt(Math.min(HEADER_MAX_BYTES, w.size - 8))) throw badAdapter(`adapter_model.safetensors: the header is longer than the file or the ${HEADER_MAX_BYTES}-byte limit`);
+    parseObject(await readExactly(w.fh, Number(len), 8), 'adapter_model.safetensors\'s header');
+  } finally {
+    await w.fh.close();
+  }
+  return real;
+}
+
+async function loraRootOf(dir: string | undefined): Promise<LoraRoot> {
+  if (!dir) throw new AdaptkitError('runtime adapter loading needs a folder to load from: pass --lora-root or --adapters');
+  const abs = resolve(dir);
+  let real: string;
+  try {
+    real = await realpath(abs);
+  } catch {
+    throw new AdaptkitError(`the adapter root ${dir} does not exist`);
+  }
+  if (!(await stat(real)).isDirectory()) throw new AdaptkitError(`the adapter root ${dir} is not a folder`);
+  return { abs, real };
+}
+
 export interface Server {
   app: FastifyInstance;
   url: string;
@@ -129,12 +345,25 @@ export interface Server {
 }
 
 export async function startServer(o: ServerOptions, listen: { port: number; host: string }): Promise<Server> {
-  const client = new EngineClient({ model: o.model, tokenizer: o.tokenizer, engine: o.engine, backend: o.backend, threads: o.threads });
-  await client.ready;
-  const app = Fastify({ bodyLimit: o.bodyLimit ?? 1 << 20, logger: false });
+  const maxPromptBytes = o.maxPromptBytes ?? PROMPT_BYTES_PER_TOKEN * o.maxPromptTokens;
+  const loraRoot = o.allowRuntimeLora ? await loraRootOf(o.loraRoot ?? o.engine.adapterDir) : null;
+  const poolBytes = Math.round((o.poolMb ?? o.engine.kvCacheMb) * 2 ** 20);
+  const client = new EngineClient({ role: 'engine', model: o.model, tokenizer: o.tokenizer, engine: o.engine, backend: o.backend, threads: o.threads, poolBytes, plugins: o.plugins });
+  const info = await client.ready;
+  const maxWeightBytes = o.maxAdapterMb === undefined ? info.maxAdapterBytes : Math.round(o.maxAdapterMb * 2 ** 20);
+  const tokenizer = new TokenizerClient({ role: 'tokenizer', model: o.model, tokenizer: o.tokenizer, vocabSize: info.vocabSize });
+  try {
+    await tokenizer.ready;
+  } catch (e) {
+    await client.terminate();
+    throw e;
+  }
+  // a body must be able to carry the longest prompt allowed, JSON escapes included
+  const app = Fastify({ bodyLimit: o.bodyLimit ?? Math.max(1 << 20, 2 * maxPromptBytes + (64 << 10)), logger: false });
   const counters = { requests: new Map<string, number>() };
   let closing = false;
   const count = (code: number) => counters.requests.set(String(code), (counters.requests.get(String(code)) ?? 0) + 1);
+  const keyDigest = o.apiKey ? sha256(o.apiKey) : null;
 
   app.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown }, _req, reply) => {
     const status = err instanceof HttpError ? err.status : err.statusCode && err.statusCode < 500 ? err.statusCode : 500;
@@ -144,12 +373,21 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     void reply.status(status).send({ error: { message, type: err instanceof HttpError ? err.type : status === 401 ? 'authentication_error' : 'invalid_request_error', param: err instanceof HttpError ? err.param : null, code: null } });
   });
 
-  app.addHook('onRequest', async (req) => {
-    if (closing && req.url.startsWith('/v1/')) throw new HttpError(503, 'the server is shutting down', 'server_error');
-    if (o.apiKey && req.url.startsWith('/v1/')) {
-      const auth = req.headers.authorization ?? '';
-      if (auth !== `Bearer ${o.apiKey}`) throw new HttpError(401, auth ? 'invalid API key' : 'missing API key (send "Authorization: Bearer <key>")', 'authentication_error');
-    }
+  const authenticate = (req: FastifyRequest): void => {
+    if (!keyDigest) return;
+    const auth = req.headers.authorization;
+    if (!auth) throw new HttpError(401, 'missing API key (send "Authorization: Bearer <key>")', 'authentication_error');
+    const space = auth.indexOf(' ');
+    const bearer = space > 0 && auth.slice(0, space).toLowerCase() === 'bearer';
+    const same = timingSafeEqual(sha256(bearer ? auth.slice(space + 1).trim() : ''), keyDigest);
+    if (!bearer || !same) throw new HttpError(401, 'invalid API key', 'authentication_error');
+  };
+
+  // a path that matches no route needs the key too, so unauthenticated clients learn nothing
+  // from how the router reads a path (percent-escapes, doubled or dotted segments)
+  app.setNotFoundHandler(async (req) => {
+    authenticate(req);
+    throw new HttpError(404, `${req.method} ${req.url.slice(0, 200)} is not a route of this server`);
   });
 
   const adapterOf = (model: unknown): string | null => {
@@ -157,27 +395,24 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     return model === o.servedModelName ? null : model;
   };
 
+  const promptBytes = (bytes: number, param: string) => {
+    if (bytes > maxPromptBytes) throw new HttpError(400, `the prompt has ${bytes} bytes, more than the limit of ${maxPromptBytes}`, 'invalid_request_error', param);
+  };
+
   const generate = async (req: FastifyRequest, reply: FastifyReply, chat: boolean) => {
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
+    // from here on a client that leaves stops its request, whether it waits for tokens or for the end
+    let gone = false;
+    reply.raw.once('close', () => {
+      gone = true;
+      client.cancel(id);
+    });
     const body = req.body as Record<string, unknown> | null;
     if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     const adapter = adapterOf(body.model);
     if (intField(body, 'n', 1, 1, 1) !== 1) throw new HttpError(400, 'only n = 1 is supported', 'invalid_request_error', 'n');
     const maxTokens = intField(body, 'max_tokens', chat ? Math.min(256, o.maxTokensLimit) : 16, 1, o.maxTokensLimit);
-    let promptIds: number[];
-    if (chat) {
-      const msgs = body.messages;
-      if (!Array.isArray(msgs) || msgs.length === 0 || !msgs.every((m) => m && typeof m.role === 'string' && typeof m.content === 'string')) {
-        throw new HttpError(400, '"messages" must be a non-empty list of {"role", "content"} strings', 'invalid_request_error', 'messages');
-      }
-      promptIds = await client.call<number[]>({ type: 'encode', text: '', chat: msgs as { role: string; content: string }[] });
-    } else {
-      if (typeof body.prompt !== 'string') throw new HttpError(400, '"prompt" must be a string', 'invalid_request_error', 'prompt');
-      promptIds = await client.call<number[]>({ type: 'encode', text: body.prompt });
-    }
-    if (promptIds.length > o.maxPromptTokens) throw new HttpError(400, `the prompt has ${promptIds.length} tokens, more than the limit of ${o.maxPromptTokens}`, 'invalid_request_error', chat ? 'messages' : 'prompt');
-    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
-    const greq: GenerationRequest = {
-      id, promptIds, adapter, maxTokens,
+    const sampling = {
       temperature: numField(body, 'temperature', 1, 0, 2)!,
       topP: numField(body, 'top_p', undefined, 0, 1),
       topK: body.top_k === undefined ? undefined : intField(body, 'top_k', 0, 1, 1 << 20),
@@ -185,6 +420,27 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       seed: body.seed === undefined ? undefined : intField(body, 'seed', 0, 0, 2 ** 31 - 1),
       stop: stopField(body),
     };
+    // the byte bound comes first: what is tokenized is never more than the limits allow
+    let promptIds: number[];
+    if (chat) {
+      const msgs = body.messages;
+      if (!Array.isArray(msgs) || msgs.length === 0 || !msgs.every((m) => m && typeof m.role === 'string' && typeof m.content === 'string')) {
+        throw new HttpError(400, '"messages" must be a non-empty list of {"role", "content"} strings', 'invalid_request_error', 'messages');
+      }
+      const messages = (msgs as ChatMessage[]).map((m) => ({ role: m.role, content: m.content }));
+      promptBytes(messages.reduce((n, m) => n + Buffer.byteLength(m.role) + Buffer.byteLength(m.content), 0), 'messages');
+      promptIds = await tokenizer.encode('', messages);
+    } else {
+      if (typeof body.prompt !== 'string') throw new HttpError(400, '"prompt" must be a string', 'invalid_request_error', 'prompt');
+      promptBytes(Buffer.byteLength(body.prompt), 'prompt');
+      promptIds = await tokenizer.encode(body.prompt);
+    }
+    if (promptIds.length > o.maxPromptTokens) throw new HttpError(400, `the prompt has ${promptIds.length} tokens, more than the limit of ${o.maxPromptTokens}`, 'invalid_request_error', chat ? 'messages' : 'prompt');
+    if (gone) {
+      count(CLIENT_GONE);
+      return reply.hijack();
+    }
+    const greq: GenerationRequest = { id, promptIds, adapter, maxTokens, ...sampling };
     const created = Math.floor(Date.now() / 1000);
     const model = String(body.model);
     const object = chat ? 'chat.completion' : 'text_completion';
@@ -202,7 +458,7 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
         const chunk = (text: string | null, finish: string | null) => chat
           ? { id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: text === null ? {} : { content: text }, finish_reason: finish }] }
           : { id, object: 'text_completion', created, model, choices: [{ index: 0, text: text ?? '', finish_reason: finish, logprobs: null }] };
-        client.submit(greq, {
+        client.submit(greq, true, {
           onToken: (t) => {
             if (!started) {
               start();
@@ -218,7 +474,10 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
             resolve();
           },
           onError: (status, message) => {
-            if (!started) {
+            if (status === CLIENT_GONE) {
+              count(status);
+              if (!started) reply.hijack();
+            } else if (!started) {
               count(status);
               if (status === 429) void reply.header('retry-after', '1');
               void reply.status(status).send({ error: { message, type: status === 429 ? 'rate_limit_error' : 'invalid_request_error', param: null, code: null } });
@@ -231,9 +490,17 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
         });
       });
     }
-    const done = await new Promise<DoneEvent>((resolve, reject) => {
-      client.submit(greq, { onToken: () => {}, onDone: resolve, onError: (status, message) => reject(new HttpError(status, message, status === 429 ? 'rate_limit_error' : 'invalid_request_error')) });
+    const done = await new Promise<DoneEvent | null>((resolve, reject) => {
+      client.submit(greq, false, {
+        onToken: () => {},
+        onDone: resolve,
+        onError: (status, message) => status === CLIENT_GONE ? resolve(null) : reject(new HttpError(status, message, status === 429 ? 'rate_limit_error' : 'invalid_request_error')),
+      });
     });
+    if (!done) {
+      count(CLIENT_GONE);
+      return reply.hijack();
+    }
     count(200);
     const choice = chat
       ? { index: 0, message: { role: 'assistant', content: done.text }, finish_reason: done.finishReason }
@@ -241,34 +508,60 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     return { id, object, created, model, choices: [choice], usage: usage(done) };
   };
 
-  app.post('/v1/completions', (req, reply) => generate(req, reply, false));
-  app.post('/v1/chat/completions', (req, reply) => generate(req, reply, true));
+  const adapterName = (v: unknown, loading: boolean): string => {
+    if (typeof v !== 'string' || !ADAPTER_NAME.test(v)) throw new HttpError(400, '"lora_name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -', 'invalid_request_error', 'lora_name');
+    if (loading && v === o.servedModelName) throw new HttpError(400, '"lora_name" must differ from the base model\'s name', 'invalid_request_error', 'lora_name');
+    return v;
+  };
 
-  app.get('/v1/models', async () => {
-    const names = await client.call<string[]>({ type: 'list' });
-    const created = Math.floor(Date.now() / 1000);
-    return {
-      object: 'list',
-      data: [
-        { id: o.servedModelName, object: 'model', created, owned_by: 'adaptkit', root: o.model, parent: null },
-        ...names.map((n) => ({ id: n, object: 'model', created, owned_by: 'adaptkit', root: n, parent: o.servedModelName })),
-      ],
-    };
-  });
+  // every /v1 route sits behind this plugin's hook, so whatever path reached one of its handlers
+  // (escaped or not), that request was authenticated
+  await app.register(async (v1) => {
+    v1.addHook('onRequest', async (req) => {
+      authenticate(req);
+      if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error');
+    });
 
-  app.post('/v1/load_lora_adapter', async (req) => {
-    const b = req.body as Record<string, unknown> | null;
-    if (!b || typeof b.lora_name !== 'string' || typeof b.lora_path !== 'string') throw new HttpError(400, 'give "lora_name" and "lora_path"');
-    await client.call({ type: 'load', name: b.lora_name, path: b.lora_path });
-    return `Success: LoRA adapter '${b.lora_name}' added successfully.`;
-  });
+    v1.post('/completions', (req, reply) => generate(req, reply, false));
+    v1.post('/chat/completions', (req, reply) => generate(req, reply, true));
 
-  app.post('/v1/unload_lora_adapter', async (req) => {
-    const b = req.body as Record<string, unknown> | null;
-    if (!b || typeof b.lora_name !== 'string') throw new HttpError(400, 'give "lora_name"');
-    await client.call({ type: 'unload', name: b.lora_name });
-    return `Success: LoRA adapter '${b.lora_name}' removed successfully.`;
-  });
+    v1.get('/models', async () => {
+      const names = await client.call<string[]>({ type: 'list' });
+      const created = Math.floor(Date.now() / 1000);
+      return {
+        object: 'list',
+        data: [
+          { id: o.servedModelName, object: 'model', created, owned_by: 'adaptkit', root: o.model, parent: null },
+          ...names.map((n) => ({ id: n, object: 'model', created, owned_by: 'adaptkit', root: n, parent: o.servedModelName })),
+        ],
+      };
+    });
+
+    if (!loraRoot) {
+      const off = async () => {
+        throw new HttpError(404, 'loading adapters at run time is off (start the server with --allow-runtime-lora)');
+      };
+      v1.post('/load_lora_adapter', off);
+      v1.post('/unload_lora_adapter', off);
+      return;
+    }
+    v1.post('/load_lora_adapter', async (req) => {
+      const b = req.body as Record<string, unknown> | null;
+      if (!b || typeof b !== 'object' || typeof b.lora_path !== 'string') throw new HttpError(400, 'give "lora_name" and "lora_path"');
+      const name = adapterName(b.lora_name, true);
+      const path = await checkAdapterFolder(b.lora_path, loraRoot, maxWeightBytes);
+      await client.call({ type: 'load', name, path });
+      return `Success: LoRA adapter '${name}' added successfully.`;
+    });
+
+    v1.post('/unload_lora_adapter', async (req) => {
+      const b = req.body as Record<string, unknown> | null;
+      if (!b || typeof b !== 'object') throw new HttpError(400, 'give "lora_name"');
+      const name = adapterName(b.lora_name, false);
+      await client.call({ type: 'unload', name });
+      return `Success: LoRA adapter '${name}' removed successfully.`;
+    });
+  }, { prefix: '/v1' });
 
   app.get('/health', async () => ({ status: closing ? 'shutting_down' : 'ok' }));
 
@@ -282,12 +575,16 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       '# HELP adaptkit_kv_blocks_free Free KV-cache blocks.', '# TYPE adaptkit_kv_blocks_free gauge', `adaptkit_kv_blocks_free ${m.freeBlocks}`,
       '# HELP adaptkit_kv_blocks_total KV-cache blocks.', '# TYPE adaptkit_kv_blocks_total gauge', `adaptkit_kv_blocks_total ${m.totalBlocks}`,
       '# HELP adaptkit_preemptions_total Sequences preempted for KV-cache room.', '# TYPE adaptkit_preemptions_total counter', `adaptkit_preemptions_total ${m.preemptions}`,
+      '# HELP adaptkit_cancelled_requests_total Requests dropped because their client disconnected.', '# TYPE adaptkit_cancelled_requests_total counter', `adaptkit_cancelled_requests_total ${m.cancelled}`,
       '# HELP adaptkit_adapter_cache_hits_total Requests whose adapter was loaded.', '# TYPE adaptkit_adapter_cache_hits_total counter', `adaptkit_adapter_cache_hits_total ${m.adapterHits}`,
       '# HELP adaptkit_adapter_cache_misses_total Adapter loads.', '# TYPE adaptkit_adapter_cache_misses_total counter', `adaptkit_adapter_cache_misses_total ${m.adapterMisses}`,
       '# HELP adaptkit_adapter_evictions_total Adapters evicted (LRU).', '# TYPE adaptkit_adapter_evictions_total counter', `adaptkit_adapter_evictions_total ${m.adapterEvictions}`,
       '# HELP adaptkit_loaded_adapters Adapters in memory.', '# TYPE adaptkit_loaded_adapters gauge', `adaptkit_loaded_adapters ${m.loadedAdapters}`,
       '# HELP adaptkit_adapter_memory_bytes Memory of the adapter slots (fixed by --max-loaded-adapters and --max-rank).', '# TYPE adaptkit_adapter_memory_bytes gauge', `adaptkit_adapter_memory_bytes ${m.adapterBytes}`,
       '# HELP adaptkit_kv_cache_bytes Memory of the KV-cache block pool (fixed by --kv-cache-mb).', '# TYPE adaptkit_kv_cache_bytes gauge', `adaptkit_kv_cache_bytes ${m.kvCacheBytes}`,
+      '# HELP adaptkit_tensor_pool_bytes Idle tensor buffers the engine keeps for reuse.', '# TYPE adaptkit_tensor_pool_bytes gauge', `adaptkit_tensor_pool_bytes ${m.bufferPoolBytes}`,
+      '# HELP adaptkit_tensor_pool_limit_bytes Cap of the tensor buffer pool (--pool-mb).', '# TYPE adaptkit_tensor_pool_limit_bytes gauge', `adaptkit_tensor_pool_limit_bytes ${m.bufferPoolLimitBytes}`,
+      '# HELP process_resident_memory_bytes Resident memory of the server process.', '# TYPE process_resident_memory_bytes gauge', `process_resident_memory_bytes ${process.memoryUsage.rss()}`,
       '# HELP adaptkit_http_requests_total HTTP generation requests by status.', '# TYPE adaptkit_http_requests_total counter',
       ...[...counters.requests].map(([code, n]) => `adaptkit_http_requests_total{status="${code}"} ${n}`),
     ];
@@ -304,7 +601,7 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       const deadline = Date.now() + 60_000;
       while (client.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       await app.close();
-      await client.terminate();
+      await Promise.all([client.terminate(), tokenizer.terminate()]);
     },
   };
 }

@@ -64,6 +64,8 @@ export class SequenceKV {
 /** The cache as one forward of a batch sees it (rows = sequences, `fresh[b]` new positions each). */
 export class StepCache {
   readonly length: number;
+  /** Positions each row gained in this forward (as appended: a prompt adapter may add some). */
+  private appended = 0;
 
   constructor(readonly pool: BlockPool, readonly seqs: readonly SequenceKV[], readonly fresh: readonly number[]) {
     this.length = Math.max(0, ...seqs.map((s) => s.length));
@@ -89,8 +91,9 @@ export class StepCache {
     const kd = kc.buffer() as Float32Array;
     const vd = vc.buffer() as Float32Array;
     // write the new positions into each sequence's blocks
+    this.appended = T;
     this.seqs.forEach((s, b) => {
-      for (let t = 0; t < this.fresh[b]!; t++) {
+      for (let t = 0; t < T; t++) {
         const pos = s.length + t;
         const block = s.blocks[Math.floor(pos / bs)]!;
         for (let h = 0; h < H; h++) {
@@ -129,6 +132,6 @@ export class StepCache {
 
   /** After the forward: the sequences now hold their new positions. */
   commit(): void {
-    this.seqs.forEach((s, b) => (s.length += this.fresh[b]!));
+    this.seqs.forEach((s) => (s.length += this.appended));
   }
 }

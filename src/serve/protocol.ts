@@ -1,28 +1,55 @@
-/** Messages between the HTTP thread and the engine's worker thread. */
+/** Messages between the HTTP thread and its two worker threads: the engine and the tokenizer. */
 import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest, TokenEvent } from './engine.js';
 
-export interface WorkerInit {
-  model: string;
-  tokenizer?: string;
-  backend?: 'js' | 'native';
-  threads?: number;
-  engine: EngineOptions;
+export interface ChatMessage {
+  role: string;
+  content: string;
 }
 
+export type WorkerInit =
+  | {
+    role: 'engine';
+    model: string;
+    tokenizer?: string;
+    backend?: 'js' | 'native';
+    threads?: number;
+    /** Cap of the tensor buffer pool in bytes. */
+    poolBytes: number;
+    engine: EngineOptions;
+    /** Modules that register adapter methods or model families, imported before the model loads. */
+    plugins?: string[];
+  }
+  | { role: 'tokenizer'; model: string; tokenizer?: string; vocabSize: number };
+
 export type ToWorker =
-  | { type: 'submit'; req: GenerationRequest }
+  /** Without `stream` only the end of the generation is reported, not each piece of text. */
+  | { type: 'submit'; req: GenerationRequest; stream: boolean }
+  | { type: 'cancel'; id: string }
   | { type: 'load'; call: number; name: string; path: string }
   | { type: 'unload'; call: number; name: string }
   | { type: 'list'; call: number }
-  | { type: 'metrics'; call: number }
-  | { type: 'encode'; call: number; text: string; chat?: { role: string; content: string }[] };
+  | { type: 'metrics'; call: number };
 
-export type FromWorker =
-  | { type: 'ready'; vocabSize: number; contextLength: number; adapters: string[] }
-  | { type: 'fatal'; message: string }
+export type ToTokenizer = { type: 'encode'; call: number; text: string; chat?: ChatMessage[] };
+
+export interface ReadyInfo {
+  vocabSize: number;
+  contextLength: number;
+  adapters: string[];
+  /** The largest adapter_model.safetensors a LoRA of at most --max-rank on this model can need. */
+  maxAdapterBytes: number;
+}
+
+export type GenerationEvent =
   | ({ type: 'token' } & TokenEvent)
   | ({ type: 'done' } & DoneEvent)
-  | { type: 'error'; id: string; status: number; message: string }
+  | { type: 'error'; id: string; status: number; message: string };
+
+export type FromWorker =
+  | ({ type: 'ready' } & ReadyInfo)
+  | { type: 'fatal'; message: string }
+  /** Everything one engine step produced, in order: one message per step, not one per token. */
+  | { type: 'events'; events: GenerationEvent[] }
   | { type: 'reply'; call: number; ok: boolean; status?: number; message?: string; value?: unknown };
 
 export type { EngineMetrics };

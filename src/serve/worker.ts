@@ -1,90 +1,139 @@
 /**
- * The engine's thread: it owns the model, the KV cache and the adapters, and runs scheduling steps
- * while there is work, so the HTTP thread never computes and stays responsive.
+ * The server's worker threads, one file for both roles so each loads the model's tokenizer the same
+ * way. The engine thread owns the model, the KV cache and the adapters and runs scheduling steps
+ * while there is work; the tokenizer thread renders chat templates and encodes prompts, so a long
+ * prompt delays neither the running batch nor the HTTP thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { getBackend, nativeBackend, setBackend } from '../backend/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { applyChatTemplate } from '../io/chat-template.js';
+import { bufferPool } from '../tensor/index.js';
+import { Linear, type Module } from '../nn/index.js';
 import { Engine, type ServedModel } from './engine.js';
 import { RequestError } from './adapter-store.js';
-import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
+import type { FromWorker, GenerationEvent, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
+import { loadPlugins } from '../io/plugins.js';
 
 const init = workerData as WorkerInit;
 const post = (m: FromWorker) => parentPort!.postMessage(m);
-
-let engine: Engine;
-let tok: ReturnType<typeof loadTokenizer>;
-try {
-  if (init.backend) setBackend(init.backend);
-  else getBackend();
-  if (init.threads) nativeBackend()?.setThreads(init.threads);
-  const { model } = loadModel(init.model);
-  tok = loadTokenizer(init.model, init.tokenizer, model.config.vocabSize);
-  const ctx = Math.min(init.engine.contextLength, (model.config as { maxPositions?: number }).maxPositions ?? init.engine.contextLength);
-  engine = new Engine(model as unknown as ServedModel, tok, { ...init.engine, contextLength: ctx });
-  post({ type: 'ready', vocabSize: model.config.vocabSize, contextLength: ctx, adapters: engine.store.names() });
-} catch (e) {
-  post({ type: 'fatal', message: (e as Error).message });
-  process.exit(1);
-}
-
-let scheduled = false;
-function schedule(): void {
-  if (scheduled) return;
-  scheduled = true;
-  setImmediate(run);
-}
-
-function run(): void {
-  scheduled = false;
-  if (engine.idle) return;
-  engine.step();
-  // yield to the message queue between steps so new requests join the running batch
-  schedule();
-}
 
 function status(e: unknown): number {
   return e instanceof RequestError ? e.status : 500;
 }
 
-parentPort!.on('message', (m: ToWorker) => {
-  switch (m.type) {
-    case 'submit':
-      try {
-        engine.submit(
-          m.req,
-          (ev) => post({ type: 'token', ...ev }),
-          (ev) => post({ type: 'done', ...ev }),
-          (err) => post({ type: 'error', id: m.req.id, status: status(err), message: err.message }),
-        );
-        schedule();
-      } catch (e) {
-        post({ type: 'error', id: m.req.id, status: status(e), message: (e as Error).message });
-      }
-      return;
-    case 'load':
-    case 'unload':
-    case 'list':
-    case 'metrics':
-    case 'encode':
-      try {
-        let value: unknown;
-        if (m.type === 'load') engine.store.register(m.name, m.path);
-        else if (m.type === 'unload') engine.store.unregister(m.name);
-        else if (m.type === 'list') value = engine.store.names();
-        else if (m.type === 'metrics') value = engine.metrics();
-        else {
-          let text = m.text;
-          if (m.chat) {
-            const tpl = (tok as { chatTemplate?: string | null }).chatTemplate;
-            text = tpl ? applyChatTemplate(tpl, m.chat, { addGenerationPrompt: true }) : `${m.chat.map((x) => `${x.role}: ${x.content}`).join('\n')}\nassistant:`;
-          }
-          value = tok.encode(text, { bos: true });
-        }
-        post({ type: 'reply', call: m.call, ok: true, value });
-      } catch (e) {
-        post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
-      }
+/**
+ * The biggest weights file a valid adapter can have: rank --max-rank on every linear layer, in the
+ * widest dtype safetensors holds (8 bytes), plus a header allowance. Anything larger cannot be an
+ * adapter this server would accept, so it is refused before it is read.
+ */
+function maxAdapterBytes(model: Module, maxRank: number): number {
+  let elems = 0;
+  for (const [, m] of model.namedModules()) if (m instanceof Linear) elems += maxRank * (m.inFeatures + m.outFeatures);
+  return elems * 8 + (1 << 20) + 8;
+}
+
+async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise<void> {
+  let engine: Engine;
+  try {
+    await loadPlugins(init.plugins ?? []);
+    if (init.backend) setBackend(init.backend);
+    else getBackend();
+    if (init.threads) nativeBackend()?.setThreads(init.threads);
+    bufferPool.setLimit(init.poolBytes);
+    const { model } = loadModel(init.model);
+    const tok = loadTokenizer(init.model, init.tokenizer, model.config.vocabSize);
+    const ctx = Math.min(init.engine.contextLength, (model.config as { maxPositions?: number }).maxPositions ?? init.engine.contextLength);
+    const cap = maxAdapterBytes(model as unknown as Module, init.engine.maxRank);
+    engine = new Engine(model as unknown as ServedModel, tok, { ...init.engine, contextLength: ctx });
+    post({ type: 'ready', vocabSize: model.config.vocabSize, contextLength: ctx, adapters: engine.store.names(), maxAdapterBytes: cap });
+  } catch (e) {
+    post({ type: 'fatal', message: (e as Error).message });
+    process.exit(1);
   }
-});
+
+  // the HTTP thread wakes once per step for all its sequences' events, however large the batch
+  let outbox: GenerationEvent[] = [];
+  const event = (e: GenerationEvent) => outbox.push(e);
+  const flush = () => {
+    if (outbox.length === 0) return;
+    post({ type: 'events', events: outbox });
+    outbox = [];
+  };
+
+  let scheduled = false;
+  const schedule = (): void => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(run);
+  };
+  const run = (): void => {
+    scheduled = false;
+    if (engine.idle) return;
+    engine.step();
+    flush();
+    // yield to the message queue between steps so new requests join the running batch and
+    // cancellations free their blocks before the next step
+    schedule();
+  };
+
+  parentPort!.on('message', (m: ToWorker) => {
+    switch (m.type) {
+      case 'submit':
+        try {
+          engine.submit(
+            m.req,
+            m.stream ? (ev) => event({ type: 'token', ...ev }) : () => {},
+            (ev) => event({ type: 'done', ...ev }),
+            (err) => event({ type: 'error', id: m.req.id, status: status(err), message: err.message }),
+          );
+          schedule();
+        } catch (e) {
+          event({ type: 'error', id: m.req.id, status: status(e), message: (e as Error).message });
+        }
+        flush();
+        return;
+      case 'cancel':
+        engine.cancel(m.id);
+        return;
+      case 'load':
+      case 'unload':
+      case 'list':
+      case 'metrics':
+        try {
+          let value: unknown;
+          if (m.type === 'load') engine.store.register(m.name, m.path);
+          else if (m.type === 'unload') engine.store.unregister(m.name);
+          else if (m.type === 'list') value = engine.store.names();
+          else value = engine.metrics();
+          post({ type: 'reply', call: m.call, ok: true, value });
+        } catch (e) {
+          post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
+        }
+    }
+  });
+}
+
+function runTokenizer(init: Extract<WorkerInit, { role: 'tokenizer' }>): void {
+  let tok: ReturnType<typeof loadTokenizer>;
+  try {
+    tok = loadTokenizer(init.model, init.tokenizer, init.vocabSize);
+    post({ type: 'ready', vocabSize: init.vocabSize, contextLength: 0, adapters: [], maxAdapterBytes: 0 });
+  } catch (e) {
+    post({ type: 'fatal', message: (e as Error).message });
+    process.exit(1);
+  }
+  const template = (tok as { chatTemplate?: string | null }).chatTemplate;
+  parentPort!.on('message', (m: ToTokenizer) => {
+    try {
+      let text = m.text;
+      if (m.chat) text = template ? applyChatTemplate(template, m.chat, { addGenerationPrompt: true }) : `${m.chat.map((x) => `${x.role}: ${x.content}`).join('\n')}\nassistant:`;
+      post({ type: 'reply', call: m.call, ok: true, value: tok.encode(text, { bos: true }) });
+    } catch (e) {
+      post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
+    }
+  });
+}
+
+if (init.role === 'tokenizer') runTokenizer(init);
+else void runEngine(init);

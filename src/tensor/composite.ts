@@ -1,4 +1,5 @@
 /** Ops built from primitives: they get their gradients from the primitives' VJP rules. */
+import { isTraining } from './mode.js';
 import { rand } from './create.js';
 import { opError } from './errors.js';
 import { type Rng, defaultRng } from './random.js';
@@ -69,10 +70,13 @@ export function embedding(w: Tensor, ids: Tensor): Tensor {
   return indexSelect(w, 0, ids);
 }
 
-/** Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p). */
+/**
+ * Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p); only
+ * inside a `training()` scope unless `training` says otherwise.
+ */
 export function dropout(x: Tensor, p: number, opts: { training?: boolean; rng?: Rng } = {}): Tensor {
   if (!(p >= 0 && p < 1)) throw opError('dropout', `p must be in [0, 1), got ${p}`);
-  if (p === 0 || opts.training === false) return x;
+  if (p === 0 || !(opts.training ?? isTraining())) return x;
   const keep = compare('ge', rand(x.shape, { rng: opts.rng ?? defaultRng }), p);
   const y = binary('mul', x, binary('mul', keep, 1 / (1 - p)));
   keep.dispose();

@@ -17,8 +17,7 @@ export class Storage {
 class BufferPool {
   private free = new Map<string, AnyArray[]>();
   private bytes = 0;
-  /** Pooled bytes beyond this are left to the garbage collector. */
-  limitBytes = 2 ** 30;
+  private limit = 2 ** 30;
   hits = 0;
   misses = 0;
 
@@ -34,8 +33,27 @@ class BufferPool {
     return allocArray(dtype, n);
   }
 
+  /** Pooled bytes beyond this are left to the garbage collector. */
+  get limitBytes(): number {
+    return this.limit;
+  }
+
+  /**
+   * Cap the pool, dropping pooled buffers beyond the new cap at once: a process that knows its
+   * working set (a server with fixed budgets) need not hold the default 1 GiB of idle buffers.
+   */
+  setLimit(bytes: number): void {
+    if (!Number.isFinite(bytes) || bytes < 0) throw new RangeError(`the buffer pool limit must be a non-negative number of bytes, got ${bytes}`);
+    this.limit = bytes;
+    for (const [key, list] of this.free) {
+      if (this.bytes <= bytes) break;
+      while (list.length > 0 && this.bytes > bytes) this.bytes -= list.pop()!.byteLength;
+      if (list.length === 0) this.free.delete(key);
+    }
+  }
+
   release(dtype: DType, buf: AnyArray): void {
-    if (buf.length === 0 || this.bytes + buf.byteLength > this.limitBytes) return;
+    if (buf.length === 0 || this.bytes + buf.byteLength > this.limit) return;
     const key = dtype + buf.length;
     let list = this.free.get(key);
     if (!list) {

@@ -99,7 +99,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   const steps = o.steps ?? (o.task === 'sms' ? 150 : 80);
   if (o.task === 'sms') {
     const file = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
-    const { records } = readRecords(file, { format: 'tsv', textColumn: 'SMS', labelColumn: 'Label' });
+    const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
     const all = shuffle(records.slice(), seed);
     seqLen = 64;
     const make = (rs: DataRecord[]) => fitExamples(rs.map((r) => toExample(r, tok, { labelCue: '\nSpam or ham?' })), seqLen, true, file).examples;

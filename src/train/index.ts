@@ -4,10 +4,10 @@ export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type Re
 export { toExample, fitExamples, splitExamples, exampleLength, type Example } from './examples.js';
 export { collate, epochBatches, IGNORE, type Batch } from './batch.js';
 export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss } from './evaluate.js';
-export { Trainer, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type StepMetrics, type EvalMetrics } from './trainer.js';
-export { saveCheckpoint, loadCheckpoint, listCheckpoints } from './checkpoint.js';
-export { runTraining, methodConfig, METHODS, type MethodName } from './run.js';
+export { Trainer, TrainingInterrupted, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type TrainRunOptions, type StepMetrics, type EvalMetrics } from './trainer.js';
+export { saveCheckpoint, loadCheckpoint, listCheckpoints, removeStaleTemps } from './checkpoint.js';
+export { runTraining, methodConfig, FULL_FINE_TUNING, type MethodOptions } from './run.js';
 export { runDemo, type DemoResult } from './demo.js';
-export { plotMetrics } from './plot.js';
+export { plotMetrics, readMetrics } from './plot.js';
 export { classificationExamples, classificationLoss, classificationAccuracy } from './classify.js';
 export { StreamingExamples, type StreamPosition } from './stream.js';

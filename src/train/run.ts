@@ -5,13 +5,12 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError, type Tensor, parameter } from '../tensor/index.js';
-import { AdapterModel, type AdapterInstance } from '../adapters/index.js';
+import { AdapterModel, type AdapterInstance, type PresetOptions, resolvePreset } from '../adapters/index.js';
 import { readTensorMap } from '../adapters/files.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
-import { BertForSequenceClassification } from '../models/bert/model.js';
-import { Linear } from '../nn/index.js';
+import { type Module, describeModel } from '../nn/index.js';
 import { classificationAccuracy, classificationLoss } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
@@ -21,55 +20,30 @@ import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
 import { DEFAULT_TRAIN, type TrainConfig, type TrainResult, Trainer } from './trainer.js';
 
-export type MethodName = 'lora' | 'rslora' | 'dora' | 'ia3' | 'prefix' | 'prompt' | 'bottleneck' | 'compacter' | 'hydra' | 'full';
-export const METHODS: readonly MethodName[] = ['lora', 'rslora', 'dora', 'ia3', 'prefix', 'prompt', 'bottleneck', 'compacter', 'hydra', 'full'];
+/** Training every weight of the model instead of an adapter. */
+export const FULL_FINE_TUNING = 'full';
 
-export interface MethodOptions {
-  r?: number;
-  alpha?: number;
-  dropout?: number;
-  targets?: string[] | string;
-  virtualTokens?: number;
-  reductionFactor?: number;
-  /** A PEFT config to use as is (overrides the method options). */
-  config?: Record<string, unknown>;
-}
+/** Option values of the method's presets, by option name (`r`, `virtual-tokens`, ...). */
+export type MethodOptions = PresetOptions;
 
-/** The PEFT config for a method name and options. */
-export function methodConfig(method: MethodName, o: MethodOptions, fanInFanOut: boolean): Record<string, unknown> | null {
-  if (o.config) return o.config;
-  const r = o.r ?? 8;
-  const base = o.targets ? { target_modules: o.targets } : {};
-  switch (method) {
-    case 'lora':
-    case 'rslora':
-    case 'dora':
-      return {
-        peft_type: 'LORA', r, lora_alpha: o.alpha ?? 2 * r, lora_dropout: o.dropout ?? 0, fan_in_fan_out: fanInFanOut,
-        use_rslora: method === 'rslora', use_dora: method === 'dora', target_modules: o.targets ?? 'all-linear',
-      };
-    case 'hydra':
-      return { peft_type: 'HYDRA', r, lora_alpha: o.alpha ?? 2 * r, target_modules: o.targets ?? 'all-linear' };
-    case 'ia3':
-      return { peft_type: 'IA3', fan_in_fan_out: fanInFanOut, ...base };
-    case 'prompt':
-      return { peft_type: 'PROMPT_TUNING', num_virtual_tokens: o.virtualTokens ?? 20, prompt_tuning_init: 'SAMPLE_VOCAB' };
-    case 'prefix':
-      return { peft_type: 'PREFIX_TUNING', num_virtual_tokens: o.virtualTokens ?? 20 };
-    case 'bottleneck':
-      return { peft_type: 'BOTTLENECK', adapter_type: 'houlsby', reduction_factor: o.reductionFactor ?? 4, ...base };
-    case 'compacter':
-      return { peft_type: 'COMPACTER', adapter_type: 'houlsby', reduction_factor: o.reductionFactor ?? 4, phm_dim: 4, ...base };
-    case 'full':
-      return null;
-  }
+/**
+ * The PEFT config for a `--method` name (a preset or peft_type) and options, or the given config
+ * as is; null for full fine-tuning.
+ */
+export function methodConfig(method: string, o: MethodOptions, model: Module, config?: Record<string, unknown>): Record<string, unknown> | null {
+  if (config) return config;
+  if (method === FULL_FINE_TUNING) return null;
+  return resolvePreset(method).preset.config(o, describeModel(model));
 }
 
 export interface RunOptions {
   model: AnyModel;
   tokenizer: Tokenizer;
-  method: MethodName;
+  /** A preset or peft_type (`lora`, `dora`, `PREFIX_TUNING`, ...) or `full`. */
+  method: string;
   methodOptions: MethodOptions;
+  /** A PEFT adapter config to train with instead of the method and its options. */
+  adapterConfig?: Record<string, unknown>;
   /** Examples in memory, or a stream over a large JSONL file. */
   train: Example[] | StreamingExamples;
   validation: Example[];
@@ -127,20 +101,17 @@ function prepareRunDir(o: RunOptions): void {
 export function runTraining(o: RunOptions): RunResult {
   prepareRunDir(o);
   const cfg: TrainConfig = { ...DEFAULT_TRAIN, ...o.config };
-  const classifier = o.model instanceof BertForSequenceClassification ? o.model : null;
+  const desc = describeModel(o.model);
+  const classifier = desc.task === 'sequence-classification' ? (o.model as Module & { resizeClassifier(n: number): void }) : null;
   if (classifier) {
     if (!o.labels?.length) throw new AdaptkitError('a sequence classifier trains on {"text", "label"} data');
-    if (classifier.config.numLabels !== o.labels.length) {
-      // a head of the right size, freshly initialized (the checkpoint's head had other labels)
-      classifier.classifier = Linear.init(classifier.config.hiddenSize, o.labels.length);
-      (classifier.config as { numLabels: number }).numLabels = o.labels.length;
-    }
+    // a head of the right size, freshly initialized when the checkpoint's had other labels
+    classifier.resizeClassifier(o.labels.length);
   }
   const am = new AdapterModel(o.model);
-  const fan = o.model.constructor.name === 'GPT2LMHeadModel';
-  let peft = methodConfig(o.method, o.methodOptions, fan);
+  let peft = methodConfig(o.method, o.methodOptions, o.model, o.adapterConfig);
   // the classification head trains along with the adapter, as PEFT's modules_to_save
-  if (peft && classifier && !peft.modules_to_save) peft = { ...peft, modules_to_save: ['classifier'], task_type: 'SEQ_CLS' };
+  if (peft && classifier && desc.classifierHead && !peft.modules_to_save) peft = { ...peft, modules_to_save: [desc.classifierHead], task_type: 'SEQ_CLS' };
   let inst: AdapterInstance | null = null;
   let params: Tensor[];
   if (peft) {
@@ -182,8 +153,12 @@ export function runTraining(o: RunOptions): RunResult {
       else for (const [k, p] of o.model.namedParameters()) (p.storage.data as Float32Array).set(tensors.get(k)!.toArray() as Float32Array, p.offset);
     },
   });
-  const result = trainer.run({ resume: o.resume, stopAfter: o.stopAfter });
-  o.progress?.stop();
+  let result: TrainResult;
+  try {
+    result = trainer.run({ resume: o.resume, stopAfter: o.stopAfter });
+  } finally {
+    o.progress?.stop();
+  }
   const adapterDir = join(o.outDir, inst ? 'adapter' : 'model');
   if (inst) {
     mkdirSync(adapterDir, { recursive: true });

@@ -3,12 +3,16 @@
  * accumulation, global-norm clipping, AdamW or SGD with a warmup + decay schedule, evaluation
  * every N steps with early stopping, and crash-safe checkpoints from which `resume` continues
  * bit-identically (weights, optimizer state, RNG states and the data position are all restored).
+ * Ctrl-C finishes the step in progress and checkpoints it; resume keeps metrics.jsonl to one line
+ * per step as of the checkpoint it continues from.
  */
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, Rng, type Tensor, defaultRng, tidy } from '../tensor/index.js';
+import { Worker, isMainThread } from 'node:worker_threads';
+import { training, AdaptkitError, Rng, type Tensor, defaultRng, tidy } from '../tensor/index.js';
+import { writeAll, writeError, writeFileAtomic } from '../io/atomic.js';
 import { collate, epochBatches } from './batch.js';
-import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { listCheckpoints, loadCheckpoint, removeStaleTemps, saveCheckpoint } from './checkpoint.js';
 import { type Example } from './examples.js';
 import { type StreamPosition, StreamingExamples } from './stream.js';
 import { type TrainableLM, batchLoss } from './evaluate.js';
@@ -84,6 +88,113 @@ function higherIsBetter(key: string): boolean {
   return /accuracy|exact_match|f1/.test(key);
 }
 
+/** Thrown by `run()` after Ctrl-C: the step in progress was finished and checkpointed. */
+export class TrainingInterrupted extends AdaptkitError {
+  constructor(readonly step: number, readonly steps: number, readonly checkpoint: string) {
+    super(`interrupted at step ${step} of ${steps}; checkpoint saved in ${checkpoint}; to continue, run the same command again with --resume (in code: run({ resume: true }))`);
+  }
+}
+
+/**
+ * Runs in a worker: holds a SIGINT handle on the worker's own event loop and raises a shared flag.
+ * The training loop is synchronous, so a `process.on('SIGINT')` listener on the main thread would
+ * only run after training ends, and workers get no signals through `process.on`; the raw handle is
+ * the one way to see a signal while the main thread computes. It is a deprecated internal binding:
+ * where it is missing the watch is not armed, and Ctrl-C ends the process as it always did. Closing
+ * the handle on the first signal gives SIGINT its default action back, so a second Ctrl-C ends the
+ * process at once.
+ */
+const SIGINT_WATCHER = `
+const { workerData: flag } = require('node:worker_threads');
+let handle = null;
+try {
+  process.noDeprecation = true;
+  const { Signal } = process.binding('signal_wrap');
+  handle = new Signal();
+  handle.onsignal = () => {
+    Atomics.store(flag, 0, 1);
+    handle.close();
+  };
+  if (handle.start(require('node:os').constants.signals.SIGINT) !== 0) {
+    handle.close();
+    handle = null;
+  }
+} catch {
+  handle = null;
+}
+Atomics.store(flag, 1, handle ? 1 : 2);
+Atomics.notify(flag, 1);
+`;
+
+class InterruptWatch {
+  private constructor(private readonly flag: Int32Array, private readonly worker: Worker) {}
+
+  /** A watch, or null where no signal handle can be had (Ctrl-C then ends the run as it ends any process). */
+  static start(): InterruptWatch | null {
+    const flag = new Int32Array(new SharedArrayBuffer(8));
+    let worker: Worker;
+    try {
+      worker = new Worker(SIGINT_WATCHER, { eval: true, workerData: flag, execArgv: [] });
+    } catch {
+      return null;
+    }
+    worker.unref();
+    worker.on('error', () => {});
+    // wait for the handle, so that a Ctrl-C during the first step is already caught
+    Atomics.wait(flag, 1, 0, 5000);
+    const watch = new InterruptWatch(flag, worker);
+    if (Atomics.load(flag, 1) === 1) return watch;
+    watch.stop();
+    return null;
+  }
+
+  get requested(): boolean {
+    return Atomics.load(this.flag, 0) !== 0;
+  }
+
+  stop(): void {
+    void this.worker.terminate();
+  }
+}
+
+/** Append a line; a write that fails is cut back off, so the file never ends in a torn line. */
+function appendLine(path: string, line: string): void {
+  let fd = -1;
+  let size = -1;
+  try {
+    fd = openSync(path, 'a');
+    size = fstatSync(fd).size;
+    writeAll(fd, Buffer.from(line));
+    const f = fd;
+    fd = -1;
+    closeSync(f);
+  } catch (e) {
+    if (fd >= 0) {
+      try {
+        if (size >= 0) ftruncateSync(fd, size);
+        closeSync(fd);
+      } catch {
+        // the write error is the one to report
+      }
+    }
+    throw writeError(path, e);
+  }
+}
+
+export interface TrainRunOptions {
+  /** Continue from the newest complete checkpoint in the run folder (a fresh start when there is none). */
+  resume?: boolean;
+  /** End after this many steps as if killed there (for tests of resume). */
+  stopAfter?: number;
+  /**
+   * On Ctrl-C (SIGINT), finish the step in progress, write a checkpoint of it and throw
+   * TrainingInterrupted; a second Ctrl-C ends the process at once. The handler exists only while
+   * `run()` runs. Default: on when checkpoints are written (checkpointEvery > 0), on the main
+   * thread of a process that has no SIGINT listener of its own.
+   */
+  interruptible?: boolean;
+}
+
 export class Trainer {
   readonly optim: Optimizer;
   private history: (StepMetrics | EvalMetrics)[] = [];
@@ -126,14 +237,35 @@ export class Trainer {
     return batches;
   }
 
-  private log(m: StepMetrics | EvalMetrics): void {
-    this.history.push(m);
-    appendFileSync(join(this.runDir, 'metrics.jsonl'), `${JSON.stringify(m)}\n`);
+  private get metricsPath(): string {
+    return join(this.runDir, 'metrics.jsonl');
   }
 
-  run(opts: { resume?: boolean; stopAfter?: number } = {}): TrainResult {
+  private log(m: StepMetrics | EvalMetrics): void {
+    this.history.push(m);
+    appendLine(this.metricsPath, `${JSON.stringify(m)}\n`);
+  }
+
+  run(opts: TrainRunOptions = {}): TrainResult {
     const c = this.cfg;
-    mkdirSync(this.runDir, { recursive: true });
+    const interruptible = opts.interruptible ?? (c.checkpointEvery > 0 && isMainThread && process.listenerCount('SIGINT') === 0);
+    const watch = interruptible ? InterruptWatch.start() : null;
+    try {
+      return this.train(opts, watch);
+    } finally {
+      watch?.stop();
+    }
+  }
+
+  private train(opts: TrainRunOptions, watch: InterruptWatch | null): TrainResult {
+    const c = this.cfg;
+    try {
+      mkdirSync(this.runDir, { recursive: true });
+    } catch (e) {
+      throw writeError(this.runDir, e);
+    }
+    // no checkpoint is being written now, so any temporary folder is left over from a kill
+    removeStaleTemps(this.runDir);
     let step = 0;
     let epoch = 0;
     let batchIdx = 0;
@@ -153,9 +285,17 @@ export class Trainer {
       best = s.best ?? NaN;
       badEvals = s.badEvals;
       this.history = s.history;
+      // the log as of the checkpoint: the steps after it (and a line torn by a kill) are run again
+      writeFileAtomic(this.metricsPath, this.history.map((m) => Buffer.from(`${JSON.stringify(m)}\n`)));
     } else {
       defaultRng.seed(c.seed);
+      this.history = [];
+      if (existsSync(this.metricsPath)) writeFileAtomic(this.metricsPath, []);
     }
+    const save = (): string => saveCheckpoint(this.runDir, step, this.hooks.saveWeights, this.optim.state(), {
+      step, epoch, batch: batchIdx, rng: defaultRng.getState(), best: Number.isNaN(best) ? null : best, badEvals, history: this.history,
+      stream: this.data instanceof StreamingExamples ? this.data.position() : undefined,
+    }, c.keepCheckpoints);
     let batches = this.epoch(epoch);
     const t0 = Date.now();
     let tokensSeen = 0;
@@ -177,7 +317,8 @@ export class Trainer {
           const data = this.data;
           ex = batches[batchIdx++]!.map((i) => data[i]!);
         }
-        lossSum += tidy(() => {
+        // the forward and backward of a step are the training scope: dropout is active there only
+        lossSum += training(() => tidy(() => {
           let loss: Tensor;
           if (this.hooks.loss) {
             const r = this.hooks.loss(ex);
@@ -191,7 +332,7 @@ export class Trainer {
           const scaled = c.gradAccum > 1 ? loss.mul(1 / c.gradAccum) : loss;
           scaled.backward();
           return loss.item();
-        });
+        }));
       }
       const gradNorm = clipGradNorm(this.params, c.maxGradNorm);
       this.optim.step();
@@ -221,13 +362,11 @@ export class Trainer {
           }
         }
       }
-      if (c.checkpointEvery > 0 && (step % c.checkpointEvery === 0 || step === c.steps || stoppedEarly)) {
-        saveCheckpoint(this.runDir, step, this.hooks.saveWeights, this.optim.state(), {
-          step, epoch, batch: batchIdx, rng: defaultRng.getState(), best: Number.isNaN(best) ? null : best, badEvals, history: this.history,
-          stream: this.data instanceof StreamingExamples ? this.data.position() : undefined,
-        }, c.keepCheckpoints);
-      }
+      let saved: string | null = null;
+      if (c.checkpointEvery > 0 && (step % c.checkpointEvery === 0 || step === c.steps || stoppedEarly)) saved = save();
       if (stoppedEarly) break;
+      // checked only between steps, so the checkpoint never holds a half-updated state
+      if (watch?.requested && step < c.steps) throw new TrainingInterrupted(step, c.steps, saved ?? save());
     }
     return { steps: step, history: this.history, stoppedEarly, seconds: (Date.now() - t0) / 1000 };
   }

@@ -11,11 +11,13 @@
  * (except with layer_norm "after" or residual false, which change the layer by design).
  */
 import { AdaptkitError, type Tensor, add, gelu, layerNorm, mul, ones, parameter, randn, relu, silu, tanh, zeros } from '../../tensor/index.js';
-import { Linear, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Linear, Module, type TargetSpec } from '../../nn/index.js';
 import { baseJson, optBool, optInt, optNumber, optString, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
 import { deltaStateDict } from '../files.js';
+import { REDUCTION_FACTOR, TARGETS, num, targetsOption } from '../options.js';
+import { roleTargets } from '../targets.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig, TargetInfo } from '../types.js';
 
 export type Placement = 'houlsby' | 'pfeiffer' | 'parallel';
@@ -31,22 +33,11 @@ export interface BottleneckConfig extends BaseAdapterConfig {
   scaling: number;
 }
 
-/** Where each placement goes, per architecture (target_modules overrides it). */
-export const PLACEMENTS: Record<string, { attnOut: string[] | string; ffnOut: string[] | string; ffn: string[] | string }> = {
-  LlamaForCausalLM: { attnOut: ['o_proj'], ffnOut: ['down_proj'], ffn: ['mlp'] },
-  GPT2LMHeadModel: { attnOut: ['attn.c_proj'], ffnOut: ['mlp.c_proj'], ffn: ['mlp'] },
-  BertForSequenceClassification: { attnOut: '.*attention\\.output\\.dense', ffnOut: '.*layer\\.\\d+\\.output\\.dense', ffn: '.*intermediate\\.dense' },
-};
-
-export function placementTargets(model: Module, placement: Placement): string[] | string | null {
-  const p = PLACEMENTS[model.constructor.name];
-  if (!p) return null;
-  if (placement === 'pfeiffer') return p.ffnOut;
-  if (placement === 'parallel') return p.ffn;
-  const a = p.attnOut;
-  const f = p.ffnOut;
-  if (Array.isArray(a) && Array.isArray(f)) return [...a, ...f];
-  return `(?:${typeof a === 'string' ? a : a.map((x) => `.*\\.${x}`).join('|')})|(?:${typeof f === 'string' ? f : f.map((x) => `.*\\.${x}`).join('|')})`;
+/** Where a placement goes on a model (target_modules overrides it). */
+export function placementTargets(model: AdapterDescriptor, placement: Placement): TargetSpec | null {
+  if (placement === 'pfeiffer') return roleTargets(model, ['block.ffn_out']);
+  if (placement === 'parallel') return roleTargets(model, ['block.ffn']);
+  return roleTargets(model, ['block.attn_out', 'block.ffn_out']);
 }
 
 export function parseBottleneck(raw: RawAdapterConfig, source: string, peftType = 'BOTTLENECK'): BottleneckConfig {
@@ -142,7 +133,16 @@ class BottleneckAdapter implements AdapterInstance {
 
 export const BOTTLENECK: AdapterMethod = {
   peftType: 'BOTTLENECK',
+  description: 'bottleneck adapters (Houlsby, Pfeiffer, parallel placements)',
   kind: 'tuner',
+  presets: [{
+    name: 'bottleneck',
+    description: 'Houlsby bottleneck adapters after attention and feed-forward outputs (reduction factor 4)',
+    config: (o) => ({ peft_type: 'BOTTLENECK', adapter_type: 'houlsby', reduction_factor: num(o, 'reduction-factor', 4), ...targetsOption(o, undefined) }),
+  }],
+  options: [REDUCTION_FACTOR, TARGETS],
+  floatKeys: ['scaling'],
+  summary: (cfg) => ({ adapter_type: (cfg as BottleneckConfig).adapter_type, reduction_factor: (cfg as BottleneckConfig).reduction_factor, bottleneck_size: (cfg as BottleneckConfig).bottleneck_size }),
   parseConfig: (raw, source) => parseBottleneck(raw, source),
   defaultTargets: (model, cfg) => placementTargets(model, (cfg as BottleneckConfig).adapter_type),
   create(name, cfg, targets, ctx) {

@@ -12,6 +12,7 @@ import { baseJson, optInt } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
 import { deltaStateDict } from '../files.js';
+import { REDUCTION_FACTOR, TARGETS, num, targetsOption } from '../options.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from '../types.js';
 import { type BottleneckConfig, activate, bottleneckSize, parseBottleneck, placementTargets, targetWidth } from './bottleneck.js';
 
@@ -63,6 +64,7 @@ class CompacterAdapter implements AdapterInstance {
     return [this.rule.A, ...[...this.deltas.values()].flatMap((d) => d.parameters())];
   }
   stateDict(): Map<string, Tensor> {
+    // the shared rule sits outside any module, as PEFT saves shared tensors
     return new Map([['base_model.compacter_phm_rule', this.rule.A], ...deltaStateDict(this.deltas)]);
   }
   loadStateDict(t: Map<string, Tensor>, source: string): void {
@@ -79,7 +81,15 @@ class CompacterAdapter implements AdapterInstance {
 
 export const COMPACTER: AdapterMethod = {
   peftType: 'COMPACTER',
+  description: 'bottleneck adapters with parameterized hypercomplex multiplication layers (Karimi Mahabadi et al. 2021)',
   kind: 'tuner',
+  presets: [{
+    name: 'compacter',
+    description: 'Compacter in the Houlsby placement (reduction factor 4, phm_dim 4)',
+    config: (o) => ({ peft_type: 'COMPACTER', adapter_type: 'houlsby', reduction_factor: num(o, 'reduction-factor', 4), phm_dim: 4, ...targetsOption(o, undefined) }),
+  }],
+  options: [REDUCTION_FACTOR, TARGETS],
+  summary: (cfg) => ({ adapter_type: (cfg as CompacterConfig).adapter_type, reduction_factor: (cfg as CompacterConfig).reduction_factor, phm_dim: (cfg as CompacterConfig).phm_dim }),
   parseConfig: parse,
   defaultTargets: (model, cfg) => placementTargets(model, (cfg as CompacterConfig).adapter_type),
   create(name, cfg, targets, ctx) {

@@ -5,12 +5,14 @@
  * Keys: <path>.hydra_A.weight [r, in], hydra_B.weight [out, r], hydra_seq_A.weight [r_s, out],
  * hydra_seq_B.weight [out, r_s]. Not a PEFT method: peft_type "HYDRA".
  */
-import { AdaptkitError, type Tensor, add, clone, linear, matmul, mul, noGrad, parameter, rand, reshape, transpose, zeros } from '../../tensor/index.js';
+import { AdaptkitError, type Tensor, add, clone, indexSelect, linear, matmul, mul, noGrad, parameter, rand, reshape, transpose, zeros } from '../../tensor/index.js';
 import { Linear, Module } from '../../nn/index.js';
 import { baseJson, optInt, optNumber, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
-import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from '../types.js';
+import { peftKey } from '../files.js';
+import { ALPHA, RANK, TARGETS, num, targetsOption } from '../options.js';
+import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, type RowBatchedForm, RowRouting } from '../types.js';
 
 export interface HydraConfig extends BaseAdapterConfig {
   r: number;
@@ -62,19 +64,18 @@ export class HydraDelta extends Module implements LayerDelta {
 
 class HydraAdapter implements AdapterInstance {
   readonly method = HYDRA;
-  readonly deltas = new Map<string, LayerDelta & Module>();
+  readonly deltas = new Map<string, HydraDelta>();
   constructor(readonly name: string, readonly config: HydraConfig) {}
   parameters(): Tensor[] {
     return [...this.deltas.values()].flatMap((d) => d.parameters());
   }
   stateDict(): Map<string, Tensor> {
     const out = new Map<string, Tensor>();
-    for (const [p, d] of this.deltas) {
-      const h = d as HydraDelta;
-      out.set(`base_model.model.${p}.hydra_A.weight`, h.hydra_A);
-      out.set(`base_model.model.${p}.hydra_B.weight`, h.hydra_B);
-      out.set(`base_model.model.${p}.hydra_seq_A.weight`, h.hydra_seq_A);
-      out.set(`base_model.model.${p}.hydra_seq_B.weight`, h.hydra_seq_B);
+    for (const [p, h] of this.deltas) {
+      out.set(peftKey(p, 'hydra_A.weight'), h.hydra_A);
+      out.set(peftKey(p, 'hydra_B.weight'), h.hydra_B);
+      out.set(peftKey(p, 'hydra_seq_A.weight'), h.hydra_seq_A);
+      out.set(peftKey(p, 'hydra_seq_B.weight'), h.hydra_seq_B);
     }
     return out;
   }
@@ -87,10 +88,77 @@ class HydraAdapter implements AdapterInstance {
   }
 }
 
+/** Both branches stacked: A [slots, R, in], B [slots, out, R], seq_A [slots, Rs, out], seq_B [slots, out, Rs]. */
+class RowHydraDelta extends Module implements LayerDelta {
+  readonly adapterName = '*rows*';
+  constructor(readonly stacks: Record<string, Tensor>, readonly routing: RowRouting) {
+    super();
+  }
+
+  apply(x: Tensor, y: Tensor): Tensor {
+    const rows = this.routing.rows;
+    if (!rows) throw new AdaptkitError('a row-batched layer ran without row routing');
+    const B = x.shape[0]!;
+    const st = this.stacks;
+    const g = (t: Tensor) => indexSelect(t, 0, rows);
+    const x3 = x.ndim === 3 ? x : reshape(x, [B, 1, -1]);
+    const y3 = y.ndim === 3 ? y : reshape(y, [B, 1, -1]);
+    const lowRank = (inp: Tensor, a: Tensor, b: Tensor, s: Tensor) => matmul(mul(matmul(inp, transpose(g(a))), reshape(g(s), [B, 1, 1])), transpose(g(b)));
+    const d = add(lowRank(x3, st.A!, st.B!, st.scale!), lowRank(y3, st.seqA!, st.seqB!, st.seqScale!));
+    return add(y, y.ndim === 3 ? d : reshape(d, y.shape));
+  }
+}
+
+function padRows(dst: Float32Array, src: Float32Array, rows: number, r: number, R: number): void {
+  for (let o = 0; o < rows; o++) dst.set(src.subarray(o * r, (o + 1) * r), o * R);
+}
+
+const ROWS: RowBatchedForm = {
+  key: () => 'hydra',
+  sizes(inst) {
+    const ds = [...(inst as HydraAdapter).deltas.values()];
+    return { r: Math.max(0, ...ds.map((d) => d.hydra_A.shape[0]!)), seq_r: Math.max(0, ...ds.map((d) => d.hydra_seq_A.shape[0]!)) };
+  },
+  limits: (_key, maxRank) => ({ r: maxRank, seq_r: maxRank }),
+  layout(layer, sizes) {
+    const inF = layer.inFeatures;
+    const outF = layer.outFeatures;
+    return {
+      A: { shape: [sizes.r!, inF], identity: 0 }, B: { shape: [outF, sizes.r!], identity: 0 }, scale: { shape: [1], identity: 0 },
+      seqA: { shape: [sizes.seq_r!, outF], identity: 0 }, seqB: { shape: [outF, sizes.seq_r!], identity: 0 }, seqScale: { shape: [1], identity: 0 },
+    };
+  },
+  write(inst, path, slot, sizes) {
+    const d = (inst as HydraAdapter).deltas.get(path)!;
+    const outF = d.hydra_B.shape[0]!;
+    slot.A!.set(d.hydra_A.toArray() as Float32Array);
+    padRows(slot.B!, d.hydra_B.toArray() as Float32Array, outF, d.hydra_A.shape[0]!, sizes.r!);
+    slot.scale![0] = d.scale;
+    slot.seqA!.set(d.hydra_seq_A.toArray() as Float32Array);
+    padRows(slot.seqB!, d.hydra_seq_B.toArray() as Float32Array, outF, d.hydra_seq_A.shape[0]!, sizes.seq_r!);
+    slot.seqScale![0] = d.seqScale;
+  },
+  delta: (_layer, stacks, routing) => new RowHydraDelta(stacks, routing),
+};
+
 export const HYDRA: AdapterMethod = {
   peftType: 'HYDRA',
+  description: 'parallel and sequential low-rank branches on each linear layer (Kim et al. 2023)',
   kind: 'tuner',
   parseConfig: parse,
+  presets: [{
+    name: 'hydra',
+    description: 'Hydra on every linear layer (r 8 for both branches, alpha 2r)',
+    config: (o) => {
+      const r = num(o, 'r', 8);
+      return { peft_type: 'HYDRA', r, lora_alpha: num(o, 'alpha', 2 * r), ...targetsOption(o, 'all-linear') };
+    },
+  }],
+  options: [RANK, ALPHA, TARGETS],
+  floatKeys: ['lora_alpha'],
+  mergeable: true,
+  rowBatched: ROWS,
+  summary: (cfg) => ({ r: (cfg as HydraConfig).r, seq_r: (cfg as HydraConfig).seq_r, lora_alpha: (cfg as HydraConfig).lora_alpha }),
   create(name, cfg, targets, ctx) {
     const c = cfg as HydraConfig;
     const inst = new HydraAdapter(name, c);

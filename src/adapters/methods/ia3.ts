@@ -3,13 +3,15 @@
  * feed-forward get their outputs scaled (keys, values); feedforward_modules get their inputs scaled.
  * PEFT key: <path>.ia3_l, shape [out, 1] (output scaling) or [1, in] (input scaling).
  */
-import { AdaptkitError, type Tensor, clone, mul, noGrad, ones, parameter, reshape, transpose, randn } from '../../tensor/index.js';
-import { Linear, Module } from '../../nn/index.js';
+import { AdaptkitError, type Tensor, clone, indexSelect, mul, noGrad, ones, parameter, reshape, transpose, randn } from '../../tensor/index.js';
+import { type AdapterDescriptor, Linear, Module } from '../../nn/index.js';
 import { baseJson, optBool, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
-import { matches } from '../targets.js';
-import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig, TargetInfo } from '../types.js';
+import { peftKey } from '../files.js';
+import { TARGETS, targetsOption } from '../options.js';
+import { matches, roleTargets } from '../targets.js';
+import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, type RowBatchedForm, RowRouting, type TargetInfo } from '../types.js';
 
 export interface IA3Config extends BaseAdapterConfig {
   feedforward_modules: string[] | string | null;
@@ -17,12 +19,10 @@ export interface IA3Config extends BaseAdapterConfig {
   init_ia3_weights: boolean;
 }
 
-/** PEFT's default IA3 targets per architecture. */
-const DEFAULTS: Record<string, { target: string[]; ff: string[] }> = {
-  LlamaForCausalLM: { target: ['k_proj', 'v_proj', 'down_proj'], ff: ['down_proj'] },
-  GPT2LMHeadModel: { target: ['c_attn', 'mlp.c_proj'], ff: ['mlp.c_proj'] },
-  BertForSequenceClassification: { target: ['key', 'value', 'output.dense'], ff: ['output.dense'] },
-};
+/** PEFT's default IA3 targets: keys, values and the feed-forward layer whose input is scaled. */
+function defaults(d: AdapterDescriptor): { target: string[] | string | null; ff: string[] | string | null } {
+  return { target: roleTargets(d, ['attn.k', 'attn.v', 'ffn.in']), ff: roleTargets(d, ['ffn.in']) };
+}
 
 function parse(raw: RawAdapterConfig, source: string): IA3Config {
   const base = parseBase(raw, 'IA3', source);
@@ -67,7 +67,7 @@ export class IA3Delta extends Module implements LayerDelta {
 
 class IA3Adapter implements AdapterInstance {
   readonly method = IA3;
-  readonly deltas = new Map<string, LayerDelta & Module>();
+  readonly deltas = new Map<string, IA3Delta>();
   constructor(readonly name: string, readonly config: IA3Config) {}
 
   parameters(): Tensor[] {
@@ -75,7 +75,7 @@ class IA3Adapter implements AdapterInstance {
   }
 
   stateDict(): Map<string, Tensor> {
-    return new Map([...this.deltas].map(([p, d]) => [`base_model.model.${p}.ia3_l`, (d as IA3Delta).ia3_l]));
+    return new Map([...this.deltas].map(([p, d]) => [peftKey(p, 'ia3_l'), d.ia3_l]));
   }
 
   loadStateDict(tensors: Map<string, Tensor>, source: string): void {
@@ -92,17 +92,61 @@ function isFF(c: IA3Config, t: TargetInfo): boolean {
   return c.feedforward_modules !== null && matches(c.feedforward_modules, t.path) !== null;
 }
 
+/** Stacks of output scales [slots, out] and input scales [slots, in], both 1 in unused slots. */
+class RowIA3Delta extends Module implements LayerDelta {
+  readonly adapterName = '*rows*';
+  constructor(readonly stacks: Record<string, Tensor>, readonly routing: RowRouting) {
+    super();
+  }
+
+  private scale(t: Tensor, x: Tensor): Tensor {
+    const rows = this.routing.rows;
+    if (!rows) throw new AdaptkitError('a row-batched layer ran without row routing');
+    return reshape(indexSelect(t, 0, rows), x.ndim === 3 ? [x.shape[0]!, 1, -1] : [x.shape[0]!, -1]);
+  }
+
+  transformInput(x: Tensor): Tensor {
+    return mul(x, this.scale(this.stacks.in!, x));
+  }
+
+  apply(_x: Tensor, y: Tensor): Tensor {
+    return mul(y, this.scale(this.stacks.out!, y));
+  }
+}
+
+const ROWS: RowBatchedForm = {
+  key: () => 'ia3',
+  sizes: () => ({}),
+  limits: () => ({}),
+  layout: (layer) => ({ in: { shape: [layer.inFeatures], identity: 1 }, out: { shape: [layer.outFeatures], identity: 1 } }),
+  write(inst, path, slot) {
+    const d = (inst as IA3Adapter).deltas.get(path)!;
+    (d.feedforward ? slot.in! : slot.out!).set(d.ia3_l.toArray() as Float32Array);
+  },
+  delta: (_layer, stacks, routing) => new RowIA3Delta(stacks, routing),
+};
+
 export const IA3: AdapterMethod = {
   peftType: 'IA3',
+  description: 'learned vectors rescaling keys, values and feed-forward inputs (Liu et al. 2022)',
   kind: 'tuner',
   parseConfig: parse,
-  defaultTargets(model: Module) {
-    return DEFAULTS[model.constructor.name]?.target ?? null;
+  presets: [{
+    name: 'ia3',
+    description: "IA3 on the model's keys, values and feed-forward inputs",
+    config: (o, model) => ({ peft_type: 'IA3', fan_in_fan_out: model.fanInFanOut, ...targetsOption(o, undefined) }),
+  }],
+  options: [TARGETS],
+  mergeable: true,
+  rowBatched: ROWS,
+  summary: (cfg) => ({ feedforward_modules: (cfg as IA3Config).feedforward_modules }),
+  defaultTargets(model) {
+    return defaults(model).target;
   },
   create(name, cfg, targets, ctx) {
     const c = cfg as IA3Config;
-    if (c.target_modules === null) c.target_modules = DEFAULTS[ctx.model.constructor.name]?.target ?? null;
-    if (c.feedforward_modules === null) c.feedforward_modules = DEFAULTS[ctx.model.constructor.name]?.ff ?? [];
+    if (c.target_modules === null) c.target_modules = defaults(ctx.descriptor).target;
+    if (c.feedforward_modules === null) c.feedforward_modules = defaults(ctx.descriptor).ff ?? [];
     const inst = new IA3Adapter(name, c);
     for (const t of targets) {
       if (!(t.module instanceof Linear)) throw new AdaptkitError(`IA3 targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);

@@ -9,15 +9,19 @@
  * <path>.lora_magnitude_vector [out] (DoRA), <path>.bias with bias "all"/"lora_only".
  */
 import {
-  AdaptkitError, type Tensor, add, addmm, dropout, fromBuffer, inverse, linear, matmul, matmul64, mul, noGrad,
+  AdaptkitError, type Tensor, add, addmm, concat, contiguous, dropout, narrow, fromBuffer, indexSelect, inverse, linear, matmul, matmul64, mul, noGrad,
   parameter, rand, randn, reshape, sqrt, sum, svd, transpose, zeros, div, clone,
 } from '../../tensor/index.js';
 import { Linear, Module } from '../../nn/index.js';
-import { baseJson, numberMap, optBool, optInt, optNumber, parseBase, patternValue } from '../config.js';
+import { baseJson, showValue, numberMap, optBool, optInt, optNumber, parseBase, patternValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
-import type {
-  AdapterInstance, AdapterMethod, BaseAdapterConfig, CreateContext, LayerDelta, RawAdapterConfig, TargetInfo,
+import { peftKey } from '../files.js';
+import { ALPHA, DROPOUT, RANK, TARGETS, num, targetsOption } from '../options.js';
+import { combineLora, LORA_COMBINATIONS } from './lora-combine.js';
+import {
+  type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type CreateContext, type LayerDelta, type MethodPreset,
+  type PresetOptions, type RawAdapterConfig, type RowBatchedForm, RowRouting, type TargetInfo,
 } from '../types.js';
 
 export type LoraInit = 'default' | 'gaussian' | 'pissa' | 'corda' | 'zeros';
@@ -44,13 +48,13 @@ function parseInit(v: unknown, source: string): LoraInit {
   if (v === 'gaussian') return 'gaussian';
   if (v === 'pissa' || (typeof v === 'string' && v.startsWith('pissa_niter_'))) return 'pissa';
   if (v === 'corda') return 'corda';
-  throw new AdaptkitError(`${source}: init_lora_weights ${JSON.stringify(v)} is not supported (true, false, "gaussian", "pissa", "corda")`);
+  throw new AdaptkitError(`${source}: init_lora_weights ${showValue(v)} is not supported (true, false, "gaussian", "pissa", "corda")`);
 }
 
 export function parseLoraConfig(raw: RawAdapterConfig, source: string): LoraConfig {
   const base = parseBase(raw, 'LORA', source);
   const bias = raw.bias ?? 'none';
-  if (bias !== 'none' && bias !== 'all' && bias !== 'lora_only') throw new AdaptkitError(`${source}: "bias" must be "none", "all" or "lora_only", got ${JSON.stringify(bias)}`);
+  if (bias !== 'none' && bias !== 'all' && bias !== 'lora_only') throw new AdaptkitError(`${source}: "bias" must be "none", "all" or "lora_only", got ${showValue(bias)}`);
   const dropoutP = optNumber(raw, 'lora_dropout', 0, source, 0);
   if (dropoutP >= 1) throw new AdaptkitError(`${source}: "lora_dropout" must be below 1, got ${dropoutP}`);
   const cordaCfg = raw.corda_config as { corda_method?: string } | null | undefined;
@@ -64,7 +68,7 @@ export function parseLoraConfig(raw: RawAdapterConfig, source: string): LoraConf
     fan_in_fan_out: optBool(raw, 'fan_in_fan_out', false, source),
     use_rslora: optBool(raw, 'use_rslora', false, source),
     use_dora: optBool(raw, 'use_dora', false, source),
-    rank_pattern: numberMap(raw, 'rank_pattern', source),
+    rank_pattern: numberMap(raw, 'rank_pattern', source, 1),
     alpha_pattern: numberMap(raw, 'alpha_pattern', source),
     init: parseInit(raw.init_lora_weights, source),
     init_lora_weights: raw.init_lora_weights ?? true,
@@ -111,6 +115,11 @@ export class LoraDelta extends Module implements LayerDelta {
   /** s·B·A as [out, in]. */
   deltaWeight(): Tensor {
     return mul(matmul(this.lora_B, this.lora_A), this.scale);
+  }
+
+  /** DoRA's output rescaling m / ||W + sBA|| (detached), as used at inference. */
+  doraRatio(): Tensor {
+    return noGrad(() => div(this.lora_magnitude_vector!, this.weightNorm()));
   }
 
   /** Row norms of W + sBA, detached (as DoRA prescribes). */
@@ -190,10 +199,12 @@ function svdInit(w: Tensor, r: number, scale: number, mode: 'largest' | 'smalles
   return { A: At, B: Bt, residual };
 }
 
-class LoraAdapter implements AdapterInstance {
+export class LoraAdapter implements AdapterInstance {
   readonly method = LORA;
-  readonly deltas = new Map<string, LayerDelta & Module>();
+  readonly deltas = new Map<string, LoraDelta>();
   readonly residualBase = new Map<string, Linear>();
+  /** A₀, B₀ of an SVD initialization, by target path. */
+  readonly initial = new Map<string, { A: Tensor; B: Tensor }>();
 
   constructor(readonly name: string, readonly config: LoraConfig) {}
 
@@ -201,38 +212,71 @@ class LoraAdapter implements AdapterInstance {
     return [...this.deltas.values()].flatMap((d) => d.parameters());
   }
 
-  stateDict(): Map<string, Tensor> {
+  /** The trained parameters under their keys. */
+  private params(): Map<string, Tensor> {
     const out = new Map<string, Tensor>();
     for (const [path, d] of this.deltas) {
-      const ld = d as LoraDelta;
-      out.set(`base_model.model.${path}.lora_A.weight`, ld.lora_A);
-      out.set(`base_model.model.${path}.lora_B.weight`, ld.lora_B);
-      if (ld.lora_magnitude_vector) out.set(`base_model.model.${path}.lora_magnitude_vector`, ld.lora_magnitude_vector);
-      if (ld.bias) out.set(`base_model.model.${path}.base_layer.bias`, ld.bias);
+      out.set(peftKey(path, 'lora_A.weight'), d.lora_A);
+      out.set(peftKey(path, 'lora_B.weight'), d.lora_B);
+      if (d.lora_magnitude_vector) out.set(peftKey(path, 'lora_magnitude_vector'), d.lora_magnitude_vector);
+      if (d.bias) out.set(peftKey(path, 'base_layer.bias'), d.bias);
     }
     return out;
   }
 
+  /**
+   * The saved tensors. A PiSSA/CorDA adapter trains over a residual base W - s·B₀A₀ that a
+   * saved adapter cannot carry, so it is saved converted, as PEFT converts it: a LoRA of rank 2r
+   * over the original weights, A' = [A; A₀], B' = [B, -B₀], which adds s(BA - B₀A₀).
+   */
+  stateDict(): Map<string, Tensor> {
+    if (this.initial.size === 0) return this.params();
+    if (this.config.use_dora) throw new AdaptkitError(`adapter "${this.name}": a DoRA adapter with ${this.config.init} initialization cannot be saved for the original weights`);
+    const out = new Map<string, Tensor>();
+    noGrad(() => {
+      for (const [path, d] of this.deltas) {
+        const i = this.initial.get(path)!;
+        out.set(peftKey(path, 'lora_A.weight'), concat([d.lora_A, i.A], 0));
+        out.set(peftKey(path, 'lora_B.weight'), concat([d.lora_B, mul(i.B, -1)], 1));
+        if (d.bias) out.set(peftKey(path, 'base_layer.bias'), d.bias);
+      }
+    });
+    return out;
+  }
+
   loadStateDict(tensors: Map<string, Tensor>, source: string): void {
-    loadInto(this.stateDict(), tensors, source);
+    if (this.initial.size === 0) return loadInto(this.params(), tensors, source);
+    // a converted file (see stateDict): the trained factors are the first r rows / columns
+    const own = new Map<string, Tensor>();
+    for (const [k, t] of tensors) {
+      if (k.endsWith('.lora_A.weight')) own.set(k, narrow(t, 0, 0, t.shape[0]! / 2));
+      else if (k.endsWith('.lora_B.weight')) own.set(k, contiguous(narrow(t, 1, 0, t.shape[1]! / 2)));
+      else own.set(k, t);
+    }
+    loadInto(this.params(), own, source);
   }
 
   configJson(): RawAdapterConfig {
     const c = this.config;
+    // the converted form of an SVD initialization has twice the rank and the same scaling
+    const conv = this.initial.size > 0;
+    const rk = (r: number) => (conv ? 2 * r : r);
+    const al = (a: number) => (conv ? (c.use_rslora ? a * Math.SQRT2 : 2 * a) : a);
+    const mapValues = (m: Record<string, number>, f: (v: number) => number) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, f(v)]));
     return {
       ...baseJson(c),
-      alpha_pattern: c.alpha_pattern,
+      alpha_pattern: mapValues(c.alpha_pattern, al),
       bias: c.bias,
       fan_in_fan_out: c.fan_in_fan_out,
-      init_lora_weights: c.init_lora_weights,
+      init_lora_weights: conv ? true : c.init_lora_weights,
       layer_replication: null,
       loftq_config: {},
-      lora_alpha: c.lora_alpha,
+      lora_alpha: al(c.lora_alpha),
       lora_dropout: c.lora_dropout,
       megatron_config: null,
       megatron_core: 'megatron.core',
-      r: c.r,
-      rank_pattern: c.rank_pattern,
+      r: rk(c.r),
+      rank_pattern: mapValues(c.rank_pattern, rk),
       use_dora: c.use_dora,
       use_rslora: c.use_rslora,
     };
@@ -265,6 +309,7 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
       const resW = base.fanInFanOut ? noGrad(() => clone(transpose(res.residual))) : res.residual;
       base = new Linear(resW.keep(), base.bias, base.fanInFanOut);
       inst.residualBase.set(t.path, base);
+      inst.initial.set(t.path, { A: noGrad(() => clone(A)).keep(), B: noGrad(() => clone(B)).keep() });
     } else {
       A = c.init === 'gaussian' ? randn([r, inF], { std: 1 / r, rng: ctx.rng }) : c.init === 'zeros' ? zeros([r, inF]) : kaimingA(r, inF, ctx);
       B = zeros([outF, r]);
@@ -282,11 +327,121 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
   return inst;
 }
 
+/**
+ * Many LoRA adapters in one batch: per target, stacks A [slots, R, in], B [slots, out, R] and the
+ * scale (zero-padded to the largest rank R); DoRA and trained biases (key "full") add the DoRA
+ * rescaling [slots, out] and the bias change [slots, out].
+ */
+export class RowLoraDelta extends Module implements LayerDelta {
+  readonly adapterName = '*rows*';
+
+  constructor(readonly stacks: Record<string, Tensor>, readonly routing: RowRouting, readonly baseBias: Tensor | null) {
+    super();
+  }
+
+  apply(x: Tensor, y: Tensor): Tensor {
+    const rows = this.routing.rows;
+    if (!rows) throw new AdaptkitError('a row-batched layer ran without row routing');
+    const B = x.shape[0]!;
+    if (rows.shape[0] !== B) throw new AdaptkitError(`row routing has ${rows.shape[0]} rows, the batch has ${B}`);
+    const x3 = x.ndim === 3 ? x : reshape(x, [B, 1, -1]);
+    const st = this.stacks;
+    const a = indexSelect(st.A!, 0, rows);
+    const b = indexSelect(st.B!, 0, rows);
+    const s = reshape(indexSelect(st.scale!, 0, rows), [B, 1, 1]);
+    let d = matmul(mul(matmul(x3, transpose(a)), s), transpose(b));
+    if (x.ndim !== 3) d = reshape(d, y.shape);
+    if (!st.ratio) return add(y, d);
+    const shape = x.ndim === 3 ? [B, 1, -1] : [B, -1];
+    const ratio = reshape(indexSelect(st.ratio, 0, rows), shape);
+    const bias = reshape(indexSelect(st.bias!, 0, rows), shape);
+    // DoRA: (m/||W+sBA||)·(xWᵀ + s·xAᵀBᵀ) written as a correction of y = xWᵀ + b
+    const xw = this.baseBias ? add(y, mul(this.baseBias, -1)) : y;
+    return add(add(add(y, mul(xw, add(ratio, -1))), mul(d, ratio)), bias);
+  }
+}
+
+function rankOf(d: LoraDelta): number {
+  return d.lora_A.shape[0]!;
+}
+
+const ROWS: RowBatchedForm = {
+  key: (inst) => ((inst as LoraAdapter).config.use_dora || (inst as LoraAdapter).config.bias !== 'none' ? 'full' : 'plain'),
+  sizes: (inst) => ({ r: Math.max(0, ...[...(inst as LoraAdapter).deltas.values()].map(rankOf)) }),
+  limits: (_key, maxRank) => ({ r: maxRank }),
+  layout(layer, sizes, key) {
+    const R = sizes.r!;
+    const out = {
+      A: { shape: [R, layer.inFeatures], identity: 0 },
+      B: { shape: [layer.outFeatures, R], identity: 0 },
+      scale: { shape: [1], identity: 0 },
+    };
+    return key === 'full' ? { ...out, ratio: { shape: [layer.outFeatures], identity: 1 }, bias: { shape: [layer.outFeatures], identity: 0 } } : out;
+  },
+  write(inst, path, slot, sizes) {
+    const d = (inst as LoraAdapter).deltas.get(path)!;
+    const R = sizes.r!;
+    const r = rankOf(d);
+    const outF = d.lora_B.shape[0]!;
+    slot.A!.set(d.lora_A.toArray() as Float32Array); // rows 0..r-1 of [R, in]
+    const b = d.lora_B.toArray() as Float32Array;
+    for (let o = 0; o < outF; o++) slot.B!.set(b.subarray(o * r, (o + 1) * r), o * R);
+    slot.scale![0] = d.scale;
+    if (slot.ratio) {
+      if (d.lora_magnitude_vector) slot.ratio.set(d.doraRatio().toArray() as Float32Array);
+      if (d.bias) {
+        const trained = d.bias.toArray() as Float32Array;
+        const base = d.base.bias ? (d.base.bias.toArray() as Float32Array) : null;
+        for (let o = 0; o < outF; o++) slot.bias![o] = trained[o]! - (base ? base[o]! : 0);
+      }
+    }
+  },
+  delta: (layer, stacks, routing) => new RowLoraDelta(stacks, routing, layer.bias),
+};
+
+function preset(name: string, description: string, extra: RawAdapterConfig): MethodPreset {
+  return {
+    name,
+    description,
+    config: (o: PresetOptions, model) => {
+      const r = num(o, 'r', 8);
+      return {
+        peft_type: 'LORA', r, lora_alpha: num(o, 'alpha', 2 * r), lora_dropout: num(o, 'dropout', 0), fan_in_fan_out: model.fanInFanOut,
+        ...targetsOption(o, 'all-linear'), ...extra,
+      };
+    },
+  };
+}
+
 export const LORA: AdapterMethod = {
   peftType: 'LORA',
+  description: 'low-rank updates sBA of linear weights (Hu et al. 2021), with rsLoRA, DoRA, PiSSA and CorDA',
   kind: 'tuner',
   parseConfig: parseLoraConfig,
   create,
+  presets: [
+    preset('lora', 'LoRA on every linear layer (r 8, alpha 2r)', {}),
+    preset('rslora', 'LoRA with rank-stabilized scaling alpha/sqrt(r)', { use_rslora: true }),
+    preset('dora', 'DoRA: a learned magnitude per output over the direction of W + sBA', { use_dora: true }),
+    preset('pissa', 'LoRA initialized from the principal singular vectors of W (the residual stays frozen)', { init_lora_weights: 'pissa' }),
+  ],
+  options: [RANK, ALPHA, DROPOUT, TARGETS],
+  floatKeys: ['lora_dropout', 'lora_alpha'],
+  prepareLoad(raw) {
+    // a saved PiSSA/CorDA adapter is plain LoRA over the base it was saved for: its SVD already ran
+    return {
+      config: { ...raw, init_lora_weights: true },
+      finish: (inst) => Object.assign(inst.config, { init_lora_weights: raw.init_lora_weights ?? true }),
+    };
+  },
+  mergeable: true,
+  rowBatched: ROWS,
+  combine: (target, names, weights, newName, o) => combineLora(target, names, weights, newName, o),
+  combinations: LORA_COMBINATIONS,
+  summary(cfg) {
+    const c = cfg as LoraConfig;
+    return { r: c.r, lora_alpha: c.lora_alpha, use_rslora: c.use_rslora, use_dora: c.use_dora, init_lora_weights: c.init_lora_weights };
+  },
   countParameters(cfg, targets) {
     const c = cfg as LoraConfig;
     let n = 0;
@@ -302,4 +457,3 @@ export const LORA: AdapterMethod = {
 };
 
 registerMethod(LORA);
-

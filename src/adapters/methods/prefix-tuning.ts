@@ -1,17 +1,22 @@
 /**
  * Prefix tuning (Li & Liang 2021): trainable keys and values for num_virtual_tokens positions in
- * every attention layer. They enter through the KV cache: a prefix adapter primes a fresh cache
- * with its keys/values, exactly as PEFT hands them to HF models as past_key_values (real tokens
- * then start at position num_virtual_tokens). With prefix_projection, training goes through a
- * two-layer tanh MLP (the reparameterization); the saved table is its output.
+ * every attention layer. They enter through each attention layer's `kv_prefix` hook, which puts
+ * them before the layer's keys/values at every step (they are never written into a KV cache, so
+ * generation, scoring, training and serving see them alike). The virtual positions carry no
+ * position of their own and the real tokens keep positions 0, 1, ...; PEFT instead hands them to
+ * HF models as past_key_values, which shifts the real tokens to start at num_virtual_tokens, so
+ * an adapter trained in one gives slightly different outputs in the other. With
+ * prefix_projection, training goes through a two-layer tanh MLP (the reparameterization); the
+ * saved table is its output.
  * PEFT key: prompt_embeddings [num_virtual_tokens, num_layers * 2 * kv_heads * head_dim].
  */
 import { AdaptkitError, type Tensor, expand, narrow, noGrad, parameter, permute, randn, reshape, tanh, clone } from '../../tensor/index.js';
-import { Linear, Module } from '../../nn/index.js';
+import { type KVPrefixHook, Linear, Module } from '../../nn/index.js';
 import { baseJson, optBool, optInt, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
-import { type AttentionInfo, type KVCacheLike, attentionInfo } from '../prompt-common.js';
+import { VIRTUAL_TOKENS, num } from '../options.js';
+import { type AttentionInfo, attentionInfo } from '../prompt-common.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from '../types.js';
 
 export interface PrefixTuningConfig extends BaseAdapterConfig {
@@ -48,9 +53,30 @@ export class PrefixEncoder extends Module {
   }
 }
 
+/** The hook in one attention layer's `kv_prefix` slot: that layer's part of the adapter's table. */
+class PrefixHook extends Module implements KVPrefixHook {
+  // not a property: the table's parameters belong to the adapter, not to every layer's module tree
+  readonly #adapter: PrefixAdapter;
+
+  constructor(adapter: PrefixAdapter) {
+    super();
+    this.#adapter = adapter;
+  }
+
+  prefix(layer: number, batch: number): { k: Tensor; v: Tensor; mask: Tensor | null } {
+    const a = this.#adapter;
+    const { layers, kvHeads: H, headDim: D } = a.info;
+    const P = a.length;
+    const t = reshape(a.table(), [P, layers * 2, H, D]);
+    const part = (i: number) => expand(permute(narrow(t, 1, i, 1), [1, 2, 0, 3]), [batch, H, P, D]);
+    return { k: part(2 * layer), v: part(2 * layer + 1), mask: null };
+  }
+}
+
 export class PrefixAdapter implements AdapterInstance {
   readonly method = PREFIX_TUNING;
   readonly deltas = new Map<string, LayerDelta & Module>();
+  readonly hooks = new Map<string, Module>();
 
   constructor(
     readonly name: string,
@@ -59,7 +85,10 @@ export class PrefixAdapter implements AdapterInstance {
     /** [P, L·2·kvDim], trained directly (no projection) */
     public prompt: Tensor | null,
     public encoder: PrefixEncoder | null,
-  ) {}
+  ) {
+    const hook = new PrefixHook(this);
+    for (const slot of info.slots) this.hooks.set(slot, hook);
+  }
 
   get length(): number {
     return this.config.num_virtual_tokens;
@@ -68,20 +97,6 @@ export class PrefixAdapter implements AdapterInstance {
   /** The key/value table [P, L·2·kvDim] (through the MLP when projecting). */
   table(): Tensor {
     return this.encoder ? this.encoder.table() : this.prompt!;
-  }
-
-  /** Put this adapter's keys/values for `batch` rows into an empty cache. */
-  prime(cache: KVCacheLike, batch: number): void {
-    if (cache.length !== 0) throw new AdaptkitError('prefix tuning needs an empty cache to prime');
-    const { layers, kvHeads, headDim } = this.info;
-    const P = this.length;
-    const t = permute(reshape(this.table(), [P, layers * 2, kvHeads, headDim]), [1, 2, 0, 3]); // [L·2, H, P, D]
-    for (let l = 0; l < layers; l++) {
-      const k = expand(narrow(t, 0, 2 * l, 1), [batch, kvHeads, P, headDim]);
-      const v = expand(narrow(t, 0, 2 * l + 1, 1), [batch, kvHeads, P, headDim]);
-      cache.append(l, k, v);
-    }
-    cache.length = P;
   }
 
   parameters(): Tensor[] {
@@ -114,11 +129,19 @@ export class PrefixAdapter implements AdapterInstance {
 
 export const PREFIX_TUNING: AdapterMethod = {
   peftType: 'PREFIX_TUNING',
+  description: 'trained keys and values before every attention layer (Li & Liang 2021)',
   kind: 'prompt',
   parseConfig: parse,
+  presets: [{
+    name: 'prefix',
+    description: 'prefix tuning with 20 virtual tokens in every attention layer',
+    config: (o) => ({ peft_type: 'PREFIX_TUNING', num_virtual_tokens: num(o, 'virtual-tokens', 20) }),
+  }],
+  options: [VIRTUAL_TOKENS],
+  summary: (cfg) => ({ num_virtual_tokens: (cfg as PrefixTuningConfig).num_virtual_tokens, prefix_projection: (cfg as PrefixTuningConfig).prefix_projection }),
   create(name, cfg, _targets, ctx) {
     const c = cfg as PrefixTuningConfig;
-    const info = attentionInfo(ctx.model);
+    const info = attentionInfo(ctx.descriptor);
     c.num_layers ??= info.layers;
     c.num_attention_heads ??= info.kvHeads;
     c.token_dim ??= info.kvHeads * info.headDim;

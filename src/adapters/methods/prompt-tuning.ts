@@ -7,6 +7,7 @@
 import { AdaptkitError, type Rng, type Tensor, concat, expand, indexSelect, parameter, randn, reshape, tensor, noGrad, clone } from '../../tensor/index.js';
 import { Module, type EmbeddingLike } from '../../nn/index.js';
 import { baseJson, optInt, optString, parseBase } from '../config.js';
+import { VIRTUAL_TOKENS, num } from '../options.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
 import { inputEmbedding } from '../prompt-common.js';
@@ -56,6 +57,9 @@ class PromptAdapter implements AdapterInstance {
   readonly deltas = new Map<string, LayerDelta & Module>();
   readonly hooks = new Map<string, Module>();
   constructor(readonly name: string, readonly config: PromptTuningConfig, readonly prompt: Tensor) {}
+  get addedPositions(): number {
+    return this.config.num_virtual_tokens;
+  }
   parameters(): Tensor[] {
     return [this.prompt];
   }
@@ -92,11 +96,19 @@ function initPrompt(c: PromptTuningConfig, table: Tensor, rng: Rng): Tensor {
 
 export const PROMPT_TUNING: AdapterMethod = {
   peftType: 'PROMPT_TUNING',
+  description: 'trained virtual-token embeddings before the input (Lester et al. 2021)',
   kind: 'prompt',
   parseConfig: parse,
+  presets: [{
+    name: 'prompt',
+    description: 'prompt tuning with 20 virtual tokens initialized from vocabulary embeddings',
+    config: (o) => ({ peft_type: 'PROMPT_TUNING', num_virtual_tokens: num(o, 'virtual-tokens', 20), prompt_tuning_init: 'SAMPLE_VOCAB' }),
+  }],
+  options: [VIRTUAL_TOKENS],
+  summary: (cfg) => ({ num_virtual_tokens: (cfg as PromptTuningConfig).num_virtual_tokens, prompt_tuning_init: (cfg as PromptTuningConfig).prompt_tuning_init }),
   create(name, cfg, _targets, ctx) {
     const c = cfg as PromptTuningConfig;
-    const emb = inputEmbedding(ctx.model);
+    const emb = inputEmbedding(ctx.model, ctx.descriptor);
     if (c.token_dim === null) c.token_dim = emb.dim;
     if (c.token_dim !== emb.dim) throw new AdaptkitError(`token_dim ${c.token_dim} does not match the model's embedding size ${emb.dim}`);
     const prompt = parameter(initPrompt(c, (emb.module as unknown as { weight: Tensor }).weight, ctx.rng), 'prompt_embeddings');

@@ -2,7 +2,7 @@
 import {
   AdaptkitError, type Tensor, add, attention, concat, gelu, geluTanh, narrow, permute, reshape, shapeStr, squeeze, tanh, tensor, zeros,
 } from '../../tensor/index.js';
-import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
 import { keyMaskFor } from '../mask.js';
 import { ConfigReader, type RawConfig } from '../config.js';
 import type { WeightMap } from '../weights.js';
@@ -23,23 +23,22 @@ export interface BertConfig {
 
 export function parseBertConfig(raw: RawConfig, source = 'config.json'): BertConfig {
   const c = new ConfigReader(raw, source);
-  const hidden = c.int('hidden_size');
-  const heads = c.int('num_attention_heads');
-  if (heads === 0 || hidden % heads !== 0) throw new AdaptkitError(`${source}: hidden_size (${hidden}) must be a multiple of num_attention_heads (${heads})`);
-  const act = c.str('hidden_act', 'gelu');
-  if (act !== 'gelu' && act !== 'gelu_new' && act !== 'relu') throw new AdaptkitError(`${source}: hidden_act "${act}" is not supported (gelu, gelu_new, relu)`);
+  const hidden = c.positive('hidden_size');
+  const heads = c.positive('num_attention_heads');
+  if (hidden % heads !== 0) throw new AdaptkitError(`${source}: hidden_size (${hidden}) must be a multiple of num_attention_heads (${heads})`);
+  const act = c.oneOf('hidden_act', ['gelu', 'gelu_new', 'relu'], 'gelu');
   const id2label = c.object('id2label');
   return {
-    vocabSize: c.int('vocab_size'),
+    vocabSize: c.positive('vocab_size'),
     hiddenSize: hidden,
     numLayers: c.int('num_hidden_layers'),
     numHeads: heads,
-    intermediateSize: c.int('intermediate_size'),
-    maxPositions: c.int('max_position_embeddings', 512),
-    typeVocabSize: c.int('type_vocab_size', 2),
+    intermediateSize: c.positive('intermediate_size'),
+    maxPositions: c.positive('max_position_embeddings', 512),
+    typeVocabSize: c.positive('type_vocab_size', 2),
     layerNormEps: c.num('layer_norm_eps', 1e-12),
     hiddenAct: act,
-    numLabels: c.int('num_labels', id2label ? Object.keys(id2label).length : 2),
+    numLabels: c.positive('num_labels', id2label && Object.keys(id2label).length > 0 ? Object.keys(id2label).length : 2),
     raw,
   };
 }
@@ -155,7 +154,33 @@ export class BertForSequenceClassification extends Module {
     super();
   }
 
-  static readonly defaultAdapterTargets = ['query', 'value'];
+  adapterDescriptor(): AdapterDescriptor {
+    return {
+      family: 'bert',
+      task: 'sequence-classification',
+      roles: {
+        'attn.q': ['query'], 'attn.k': ['key'], 'attn.v': ['value'], 'attn.o': '.*attention\\.output\\.dense',
+        'mlp.up': ['intermediate.dense'], 'mlp.down': '.*layer\\.\\d+\\.output\\.dense',
+        // PEFT's IA3 default for BERT scales the inputs of both output.dense layers
+        'ffn.in': ['output.dense'],
+        'block.attn_out': '.*attention\\.output\\.dense', 'block.ffn_out': '.*layer\\.\\d+\\.output\\.dense', 'block.ffn': '.*intermediate\\.dense',
+      },
+      defaultTargets: ['query', 'value'],
+      layersPattern: ['layer'],
+      fanInFanOut: false,
+      embedding: { path: 'bert.embeddings.word_embeddings', dim: this.config.hiddenSize },
+      heads: ['classifier'],
+      attention: null,
+      classifierHead: 'classifier',
+    };
+  }
+
+  /** Replace the head with a freshly initialized one for `n` labels (the checkpoint's had others). */
+  resizeClassifier(n: number): void {
+    if (n === this.config.numLabels) return;
+    this.classifier = Linear.init(this.config.hiddenSize, n);
+    (this.config as { numLabels: number }).numLabels = n;
+  }
 
   /** Last hidden states [B, T, H]. */
   hidden(ids: Tensor, opts: EncoderInputs = {}): Tensor {

@@ -2,7 +2,8 @@
 import {
   AdaptkitError, type Tensor, add, attention, checkpoint, gelu, geluTanh, narrow, permute, reshape, shapeStr, tensor,
 } from '../../tensor/index.js';
-import { Embedding, type EmbeddingLike, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Embedding, type EmbeddingLike, type KVPrefixHook, LayerNorm, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { withKVPrefix } from '../prefix.js';
 import { keyMaskFor } from '../mask.js';
 import { type KVCacheLike, tiedWeight } from '../llama/model.js';
 import { ConfigReader, type RawConfig } from '../config.js';
@@ -25,18 +26,17 @@ export interface GPT2Config {
 
 export function parseGPT2Config(raw: RawConfig, source = 'config.json'): GPT2Config {
   const c = new ConfigReader(raw, source);
-  const hidden = c.int('n_embd');
-  const heads = c.int('n_head');
-  if (heads === 0 || hidden % heads !== 0) throw new AdaptkitError(`${source}: n_embd (${hidden}) must be a multiple of n_head (${heads})`);
-  const act = c.str('activation_function', 'gelu_new');
-  if (!['gelu_new', 'gelu_pytorch_tanh', 'gelu', 'relu'].includes(act)) throw new AdaptkitError(`${source}: activation_function "${act}" is not supported`);
+  const hidden = c.positive('n_embd');
+  const heads = c.positive('n_head');
+  if (hidden % heads !== 0) throw new AdaptkitError(`${source}: n_embd (${hidden}) must be a multiple of n_head (${heads})`);
+  const act = c.oneOf('activation_function', ['gelu_new', 'gelu_pytorch_tanh', 'gelu', 'relu'], 'gelu_new');
   return {
-    vocabSize: c.int('vocab_size'),
+    vocabSize: c.positive('vocab_size'),
     hiddenSize: hidden,
     numLayers: c.int('n_layer'),
     numHeads: heads,
-    maxPositions: c.int('n_positions', 1024),
-    innerSize: c.int('n_inner', 4 * hidden),
+    maxPositions: c.positive('n_positions', 1024),
+    innerSize: c.positive('n_inner', 4 * hidden),
     layerNormEps: c.num('layer_norm_epsilon', 1e-5),
     activation: act,
     bosTokenId: c.ints('bos_token_id')[0] ?? null,
@@ -51,6 +51,9 @@ interface Ctx {
 }
 
 export class GPT2Attention extends Module {
+  /** Hook slot for keys/values put before every step's keys (prefix tuning). */
+  kv_prefix: KVPrefixHook | null = null;
+
   constructor(
     public c_attn: LinearLike, public c_proj: LinearLike, readonly numHeads: number, readonly layerIndex: number, readonly hidden: number,
   ) {
@@ -70,7 +73,9 @@ export class GPT2Attention extends Module {
     let k = part(1);
     let v = part(2);
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
-    const o = attention(part(0), k, v, { causal: true, keyMask: ctx.keyMask });
+    let keyMask = ctx.keyMask;
+    if (this.kv_prefix) ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, keyMask));
+    const o = attention(part(0), k, v, { causal: true, keyMask });
     return this.c_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, H]));
   }
 }
@@ -111,7 +116,29 @@ export class GPT2LMHeadModel extends Module {
     super();
   }
 
-  static readonly defaultAdapterTargets = ['c_attn'];
+  adapterDescriptor(): AdapterDescriptor {
+    const c = this.config;
+    return {
+      family: 'gpt2',
+      task: 'causal-lm',
+      roles: {
+        // c_attn is the fused q/k/v projection
+        'attn.q': ['c_attn'], 'attn.k': ['c_attn'], 'attn.v': ['c_attn'], 'attn.o': ['attn.c_proj'],
+        'mlp.up': ['c_fc'], 'mlp.down': ['mlp.c_proj'],
+        'ffn.in': ['mlp.c_proj'], 'block.attn_out': ['attn.c_proj'], 'block.ffn_out': ['mlp.c_proj'], 'block.ffn': ['mlp'],
+      },
+      defaultTargets: ['c_attn'],
+      layersPattern: ['h'],
+      fanInFanOut: true,
+      embedding: { path: 'transformer.wte', dim: c.hiddenSize },
+      heads: ['lm_head'],
+      attention: {
+        layers: this.transformer.h.map((_, l) => ({ path: `transformer.h.${l}.attn`, layer: l })),
+        kvHeads: c.numHeads,
+        headDim: c.hiddenSize / c.numHeads,
+      },
+    };
+  }
 
   newCache(): KVCache {
     return new KVCache(this.config.numLayers);

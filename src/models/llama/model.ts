@@ -5,7 +5,8 @@
 import {
   AdaptkitError, type Tensor, add, attention, checkpoint, mul, permute, reshape, rope, sameShape, shapeStr, silu,
 } from '../../tensor/index.js';
-import { type EmbeddingLike, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
+import { type AdapterDescriptor, type EmbeddingLike, type KVPrefixHook, Linear, type LinearLike, Module, RMSNorm } from '../../nn/index.js';
+import { withKVPrefix } from '../prefix.js';
 import { keyMaskFor } from '../mask.js';
 import { KVCache } from '../cache.js';
 import type { LlamaConfig } from './config.js';
@@ -27,6 +28,9 @@ export interface ForwardContext {
 }
 
 export class LlamaAttention extends Module {
+  /** Hook slot for keys/values put before every step's keys (prefix tuning). */
+  kv_prefix: KVPrefixHook | null = null;
+
   constructor(
     public q_proj: LinearLike,
     public k_proj: LinearLike,
@@ -52,7 +56,9 @@ export class LlamaAttention extends Module {
     let k = rope(heads(this.k_proj.forward(x), this.numKvHeads), ctx.cos, ctx.sin);
     let v = heads(this.v_proj.forward(x), this.numKvHeads);
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
-    const o = attention(q, k, v, { causal: true, keyMask: ctx.keyMask });
+    let keyMask = ctx.keyMask;
+    if (this.kv_prefix) ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, keyMask));
+    const o = attention(q, k, v, { causal: true, keyMask });
     return this.o_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, this.numHeads * this.headDim]));
   }
 }
@@ -109,8 +115,28 @@ export class LlamaForCausalLM extends Module {
     this.rope = ropeTables({ dim: config.headDim, theta: config.ropeTheta, maxPositions: config.maxPositions, scaling: config.ropeScaling });
   }
 
-  /** Modules adapters target by default. */
-  static readonly defaultAdapterTargets = ['q_proj', 'v_proj'];
+  adapterDescriptor(): AdapterDescriptor {
+    const c = this.config;
+    return {
+      family: 'llama',
+      task: 'causal-lm',
+      roles: {
+        'attn.q': ['q_proj'], 'attn.k': ['k_proj'], 'attn.v': ['v_proj'], 'attn.o': ['o_proj'],
+        'mlp.gate': ['gate_proj'], 'mlp.up': ['up_proj'], 'mlp.down': ['down_proj'],
+        'ffn.in': ['down_proj'], 'block.attn_out': ['o_proj'], 'block.ffn_out': ['down_proj'], 'block.ffn': ['mlp'],
+      },
+      defaultTargets: ['q_proj', 'v_proj'],
+      layersPattern: ['layers'],
+      fanInFanOut: false,
+      embedding: { path: 'model.embed_tokens', dim: c.hiddenSize },
+      heads: ['lm_head'],
+      attention: {
+        layers: this.model.layers.map((_, l) => ({ path: `model.layers.${l}.self_attn`, layer: l })),
+        kvHeads: c.numKvHeads,
+        headDim: c.headDim,
+      },
+    };
+  }
 
   newCache(): KVCache {
     return new KVCache(this.config.numLayers);
