@@ -4,16 +4,18 @@
  * mixed-adapter batches in mixed.ts; this class offers both as methods.
  */
 import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../tensor/index.js';
-import { Linear, Module, describeModel } from '../nn/index.js';
+import { type AdapterDescriptor, Linear, Module, describeModel } from '../nn/index.js';
 import { getMethod, isMergeable } from './registry.js';
 import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
-import type { AdapterInstance, LayerDelta, RawAdapterConfig } from './types.js';
+import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { loadAdapter, saveAdapter } from './peft-io.js';
 import { forwardMixed, withRowAdapters } from './mixed.js';
 
 export interface AddAdapterOptions {
   seed?: number;
+  /** Where the config came from, for messages (an adapter_config.json path). */
+  source?: string;
   /** Input covariance per target path, for CorDA initialization. */
   covariance?: Map<string, Float64Array>;
 }
@@ -54,10 +56,23 @@ export class AdapterModel<M extends Module = Module> {
     if (!/^[\w.-]{1,128}$/.test(name)) throw new AdaptkitError(`adapter name "${name}" may only use letters, digits, _ . - (at most 128)`);
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new AdaptkitError(`adapter "${name}" config must be an object`);
     const method = getMethod(raw.peft_type);
-    const config = method.parseConfig(raw, `adapter "${name}" config`);
+    const source = opts.source ?? `adapter "${name}" config`;
+    const config = method.parseConfig(raw, source);
     const descriptor = describeModel(this.model);
     this.restoreAll();
     try {
+      return this.attach(name, method, config, descriptor, opts);
+    } catch (e) {
+      // every error says which config it is about
+      if (e instanceof AdaptkitError && !e.message.includes(source)) throw new AdaptkitError(`${source}: ${e.message}`, { cause: e });
+      throw e;
+    } finally {
+      this.apply();
+    }
+  }
+
+  private attach(name: string, method: AdapterMethod, config: BaseAdapterConfig, descriptor: AdapterDescriptor, opts: AddAdapterOptions): AdapterInstance {
+    {
       const targets = method.kind === 'tuner' ? findTargets(this.model, config, defaultTargetsFor(method, this.model, config)) : [];
       if (method.countParameters) {
         const n = method.countParameters(config, targets, descriptor);
@@ -81,8 +96,6 @@ export class AdapterModel<M extends Module = Module> {
       }
       if (this.activeNames.length === 0) this.activeNames = [name];
       return inst;
-    } finally {
-      this.apply();
     }
   }
 

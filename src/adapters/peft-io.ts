@@ -38,6 +38,17 @@ export function loadAdapter(am: AdapterModel, dir: string, name: string): Adapte
   const f = new SafetensorsFile(wfile);
   let tensors: Map<string, Tensor>;
   try {
+    try {
+      checkSizes();
+    } catch (e) {
+      if (e instanceof AdaptkitError && !e.message.includes(cfgPath)) throw new AdaptkitError(`${cfgPath}: ${e.message}`, { cause: e });
+      throw e;
+    }
+    tensors = new Map(f.keys().map((k) => [k, f.read(k)]));
+  } finally {
+    f.close();
+  }
+  function checkSizes(): void {
     // every size the config implies is checked against the file before anything is allocated
     if (method.countParameters) {
       const parsed = method.parseConfig(prepared.config, cfgPath);
@@ -49,13 +60,10 @@ export function loadAdapter(am: AdapterModel, dir: string, name: string): Adapte
         throw new AdaptkitError(`${cfgPath}: the config implies ${implied} adapter parameters for this model, but ${wfile} holds ${held} values; a size field (r, bottleneck size, virtual tokens, ...) does not match the saved tensors`);
       }
     }
-    tensors = new Map(f.keys().map((k) => [k, f.read(k)]));
-  } finally {
-    f.close();
   }
   let inst: AdapterInstance;
   try {
-    inst = am.add(name, prepared.config);
+    inst = am.add(name, prepared.config, { source: cfgPath });
   } catch (e) {
     for (const t of tensors.values()) t.dispose();
     throw e;

@@ -15,7 +15,7 @@ export function registerMethod(m: AdapterMethod): void {
 export function getMethod(peftType: unknown, source?: string): AdapterMethod {
   const m = typeof peftType === 'string' ? methods.get(peftType) : undefined;
   if (!m) {
-    const shown = typeof peftType === 'string' ? JSON.stringify(peftType.slice(0, 60)) : peftType === undefined ? 'missing' : `not a string (${typeof peftType})`;
+    const shown = typeof peftType === 'string' ? JSON.stringify(peftType.slice(0, 60)) : peftType === undefined ? 'missing' : peftType === null ? 'null' : `not a string (${Array.isArray(peftType) ? 'a list' : typeof peftType})`;
     throw new AdaptkitError(`${source ? `${source}: ` : ''}peft_type ${shown}: unknown (known: ${[...methods.keys()].sort().join(', ')})`);
   }
   return m;

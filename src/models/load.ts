@@ -1,7 +1,7 @@
 /**
  * Open a model by path: a Hugging Face folder (config.json + safetensors) or a llama2.c `.bin`.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { WeightSource } from '../io/safetensors.js';
@@ -9,7 +9,7 @@ import { llama2cHfConfig, readLlama2c } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/tokenizer-llama2c.js';
 import { HfTokenizer } from '../io/tokenizer-hf.js';
 import { describeModel } from '../nn/index.js';
-import type { RawConfig } from './config.js';
+import { type RawConfig, readConfigFile } from './config.js';
 import type { LlamaForCausalLM } from './llama/model.js';
 import type { GPT2LMHeadModel } from './gpt2/model.js';
 import type { BertForSequenceClassification } from './bert/model.js';
@@ -24,11 +24,7 @@ export type AnyModel = CausalModel | BertForSequenceClassification;
 export function readConfig(dir: string): RawConfig {
   const path = join(dir, 'config.json');
   if (!existsSync(path)) throw new AdaptkitError(`${dir}: no config.json`);
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as RawConfig;
-  } catch (e) {
-    throw new AdaptkitError(`${path}: not valid JSON (${(e as Error).message})`);
-  }
+  return readConfigFile(path);
 }
 
 export interface LoadedModel<M = CausalModel> {

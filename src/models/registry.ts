@@ -4,6 +4,7 @@
  */
 import { AdaptkitError } from '../tensor/index.js';
 import type { DescribedModel } from '../nn/index.js';
+import { preview } from '../io/json.js';
 import type { RawConfig } from './config.js';
 import type { WeightMap } from './weights.js';
 
@@ -25,7 +26,7 @@ export function registerModelFamily(f: ModelFamily): void {
 
 export function familyFor(modelType: string, source: string): ModelFamily {
   const f = families.get(modelType);
-  if (!f) throw new AdaptkitError(`${source}: model_type "${modelType}" is not supported (supported: ${modelTypes().join(', ')})`);
+  if (!f) throw new AdaptkitError(`${source}: model_type ${preview(modelType)} is not supported (supported: ${modelTypes().join(', ')})`);
   return f;
 }
 

@@ -14,7 +14,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { AdaptkitError } from '../tensor/index.js';
 import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest } from './engine.js';
-import type { ChatMessage, FromWorker, GenerationEvent, ReadyInfo, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
+import type { ChatMessage, FromWorker, ReadyInfo, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
 
 export interface ServerOptions {
   model: string;
@@ -76,6 +76,7 @@ class WorkerClient {
   private calls = new Map<number, (m: Reply) => void>();
   private nextCall = 1;
   private stopped: string | null = null;
+  private outbox: (ToWorker | ToTokenizer)[] = [];
   ready: Promise<ReadyInfo>;
 
   constructor(init: WorkerInit) {
@@ -91,13 +92,15 @@ class WorkerClient {
         this.stopped = e.message;
         reject(e);
       });
-      this.worker.on('message', (m: FromWorker) => {
-        if (m.type === 'ready') resolve(m);
-        else if (m.type === 'fatal') reject(new Error(m.message));
-        else if (m.type === 'reply') {
-          this.calls.get(m.call)?.(m);
-          this.calls.delete(m.call);
-        } else this.onEvent(m);
+      this.worker.on('message', (batch: FromWorker[]) => {
+        for (const m of batch) {
+          if (m.type === 'ready') resolve(m);
+          else if (m.type === 'fatal') reject(new Error(m.message));
+          else if (m.type === 'reply') {
+            this.calls.get(m.call)?.(m);
+            this.calls.delete(m.call);
+          } else this.onEvent(m);
+        }
       });
     });
     // a thread that died must not leave callers waiting forever
@@ -113,8 +116,16 @@ class WorkerClient {
 
   protected onExit(): void {}
 
+  /** Queue a message; what this event-loop turn queued goes out together once its I/O is done. */
   protected post(msg: ToWorker | ToTokenizer): void {
-    this.worker.postMessage(msg);
+    if (this.outbox.length === 0) setImmediate(() => this.flush());
+    this.outbox.push(msg);
+  }
+
+  private flush(): void {
+    const batch = this.outbox;
+    this.outbox = [];
+    if (batch.length > 0 && !this.stopped) this.worker.postMessage(batch);
   }
 
   async call<T>(msg: Record<string, unknown> & { type: string }): Promise<T> {
@@ -138,10 +149,7 @@ class EngineClient extends WorkerClient {
   private streams = new Map<string, Handlers>();
 
   protected override onEvent(m: FromWorker): void {
-    if (m.type === 'events') for (const e of m.events) this.dispatch(e);
-  }
-
-  private dispatch(m: GenerationEvent): void {
+    if (m.type !== 'token' && m.type !== 'done' && m.type !== 'error') return;
     const h = this.streams.get(m.id);
     if (!h) return;
     if (m.type === 'token') h.onToken(m.text);
@@ -306,8 +314,8 @@ async function checkAdapterFolder(given: string, root: LoraRoot, maxWeightBytes:
   const cfg = await openAdapterFile(real, root, 'adapter_config.json', CONFIG_MAX_BYTES);
   try {
     const raw = parseObject(await readExactly(cfg.fh, cfg.size, 0), 'adapter_config.json');
-    // which methods are registered is the engine's to say: it loads the folder with the adapter layer
-    // the engine names the method in its errors: keep what it may quote short
+    // which methods exist is the engine's to say; only the name's shape is checked here, since
+    // the engine quotes it in its errors
     if (typeof raw.peft_type !== 'string' || !/^[A-Za-z0-9_]{1,64}$/.test(raw.peft_type)) throw badAdapter('adapter_config.json: "peft_type" must name an adapter method');
   } finally {
     await cfg.fh.close();

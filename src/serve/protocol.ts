@@ -1,4 +1,9 @@
-/** Messages between the HTTP thread and its two worker threads: the engine and the tokenizer. */
+/**
+ * Messages between the HTTP thread and its two worker threads, the engine and the tokenizer. Every
+ * postMessage carries a list of them: what one HTTP event-loop turn asks, what one engine step
+ * produced. Each message wakes the other thread, and on busy cores a wake-up can cost the sender
+ * its core, so a burst of 200 requests or a 32-row decode step is one message, not hundreds.
+ */
 import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest, TokenEvent } from './engine.js';
 
 export interface ChatMessage {
@@ -48,8 +53,7 @@ export type GenerationEvent =
 export type FromWorker =
   | ({ type: 'ready' } & ReadyInfo)
   | { type: 'fatal'; message: string }
-  /** Everything one engine step produced, in order: one message per step, not one per token. */
-  | { type: 'events'; events: GenerationEvent[] }
+  | GenerationEvent
   | { type: 'reply'; call: number; ok: boolean; status?: number; message?: string; value?: unknown };
 
 export type { EngineMetrics };

@@ -12,11 +12,19 @@ import { bufferPool } from '../tensor/index.js';
 import { Linear, type Module } from '../nn/index.js';
 import { Engine, type ServedModel } from './engine.js';
 import { RequestError } from './adapter-store.js';
-import type { FromWorker, GenerationEvent, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
+import type { FromWorker, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
 import { loadPlugins } from '../io/plugins.js';
 
 const init = workerData as WorkerInit;
-const post = (m: FromWorker) => parentPort!.postMessage(m);
+// messages for the HTTP thread go out together (see protocol.ts): after each engine step and after
+// each batch of requests
+let outbox: FromWorker[] = [];
+const post = (m: FromWorker) => outbox.push(m);
+const flush = () => {
+  if (outbox.length === 0) return;
+  parentPort!.postMessage(outbox);
+  outbox = [];
+};
 
 function status(e: unknown): number {
   return e instanceof RequestError ? e.status : 500;
@@ -47,19 +55,12 @@ async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise
     const cap = maxAdapterBytes(model as unknown as Module, init.engine.maxRank);
     engine = new Engine(model as unknown as ServedModel, tok, { ...init.engine, contextLength: ctx });
     post({ type: 'ready', vocabSize: model.config.vocabSize, contextLength: ctx, adapters: engine.store.names(), maxAdapterBytes: cap });
+    flush();
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
+    flush();
     process.exit(1);
   }
-
-  // the HTTP thread wakes once per step for all its sequences' events, however large the batch
-  let outbox: GenerationEvent[] = [];
-  const event = (e: GenerationEvent) => outbox.push(e);
-  const flush = () => {
-    if (outbox.length === 0) return;
-    post({ type: 'events', events: outbox });
-    outbox = [];
-  };
 
   let scheduled = false;
   const schedule = (): void => {
@@ -77,21 +78,20 @@ async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise
     schedule();
   };
 
-  parentPort!.on('message', (m: ToWorker) => {
+  const handle = (m: ToWorker): void => {
     switch (m.type) {
       case 'submit':
         try {
           engine.submit(
             m.req,
-            m.stream ? (ev) => event({ type: 'token', ...ev }) : () => {},
-            (ev) => event({ type: 'done', ...ev }),
-            (err) => event({ type: 'error', id: m.req.id, status: status(err), message: err.message }),
+            m.stream ? (ev) => post({ type: 'token', ...ev }) : () => {},
+            (ev) => post({ type: 'done', ...ev }),
+            (err) => post({ type: 'error', id: m.req.id, status: status(err), message: err.message }),
           );
           schedule();
         } catch (e) {
-          event({ type: 'error', id: m.req.id, status: status(e), message: (e as Error).message });
+          post({ type: 'error', id: m.req.id, status: status(e), message: (e as Error).message });
         }
-        flush();
         return;
       case 'cancel':
         engine.cancel(m.id);
@@ -111,6 +111,10 @@ async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise
           post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
         }
     }
+  };
+  parentPort!.on('message', (batch: ToWorker[]) => {
+    for (const m of batch) handle(m);
+    flush();
   });
 }
 
@@ -119,19 +123,30 @@ function runTokenizer(init: Extract<WorkerInit, { role: 'tokenizer' }>): void {
   try {
     tok = loadTokenizer(init.model, init.tokenizer, init.vocabSize);
     post({ type: 'ready', vocabSize: init.vocabSize, contextLength: 0, adapters: [], maxAdapterBytes: 0 });
+    flush();
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
+    flush();
     process.exit(1);
   }
   const template = (tok as { chatTemplate?: string | null }).chatTemplate;
-  parentPort!.on('message', (m: ToTokenizer) => {
-    try {
-      let text = m.text;
-      if (m.chat) text = template ? applyChatTemplate(template, m.chat, { addGenerationPrompt: true }) : `${m.chat.map((x) => `${x.role}: ${x.content}`).join('\n')}\nassistant:`;
-      post({ type: 'reply', call: m.call, ok: true, value: tok.encode(text, { bos: true }) });
-    } catch (e) {
-      post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
+  parentPort!.on('message', (batch: ToTokenizer[]) => {
+    let since = performance.now();
+    for (const m of batch) {
+      try {
+        let text = m.text;
+        if (m.chat) text = template ? applyChatTemplate(template, m.chat, { addGenerationPrompt: true }) : `${m.chat.map((x) => `${x.role}: ${x.content}`).join('\n')}\nassistant:`;
+        post({ type: 'reply', call: m.call, ok: true, value: tok.encode(text, { bos: true }) });
+      } catch (e) {
+        post({ type: 'reply', call: m.call, ok: false, status: status(e), message: (e as Error).message });
+      }
+      // short prompts answer together; behind a long one, the ones done go out first
+      if (performance.now() - since > 5) {
+        flush();
+        since = performance.now();
+      }
     }
+    flush();
   });
 }
 

@@ -89,7 +89,7 @@ class IA3Adapter implements AdapterInstance {
 }
 
 function isFF(c: IA3Config, t: TargetInfo): boolean {
-  return c.feedforward_modules !== null && matches(c.feedforward_modules, t.path) !== null;
+  return c.feedforward_modules !== null && matches(c.feedforward_modules, t.path, 'feedforward_modules') !== null;
 }
 
 /** Stacks of output scales [slots, out] and input scales [slots, in], both 1 in unused slots. */
