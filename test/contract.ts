@@ -58,10 +58,10 @@ export function perturb(am: AdapterModel, seed: number): void {
   });
 }
 
-/** Prompt methods add positions or keys, so a new one changes the output by design. */
+/** Methods that say so (prompt methods add positions), and bottleneck variants without the identity at init. */
 function changesAtInit(c: MethodCase): boolean {
   const m = ak.getMethod(c.config.peft_type);
-  return m.kind === 'prompt' || c.config.layer_norm === 'after' || c.config.residual === false;
+  return m.startsAsIdentity === false || c.config.layer_norm === 'after' || c.config.residual === false;
 }
 
 export function contractSuite(cases: readonly MethodCase[]): void {
@@ -97,11 +97,14 @@ export function contractSuite(cases: readonly MethodCase[]): void {
           const dir = join(tmp, `${c.name}-${backend}`);
           am.save(dir, 'a');
           const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8'));
-          assert.equal(cfg.peft_type, c.config.peft_type);
+          // a method may save its inference form as another method's adapter (MoSA as a bottleneck)
+          assert.equal(cfg.peft_type, inst.configJson().peft_type);
           const fresh = new AdapterModel(loadModel(join(FIX, c.model)).model);
           fresh.load(dir, 'b');
-          // exact except for SVD-initialized adapters, saved converted for the original weights
-          assertClose(logits(fresh), adapted, `${c.name} loaded`, inst.residualBase?.size ? 1e-4 : 0, inst.residualBase?.size ? 1e-4 : 0);
+          // exact, except for adapters saved converted: SVD-initialized ones (for the original
+          // weights) and those saved as another method
+          const converted = !!inst.residualBase?.size || cfg.peft_type !== c.config.peft_type;
+          assertClose(logits(fresh), adapted, `${c.name} loaded`, converted ? 1e-4 : 0, converted ? 1e-4 : 0);
           // saving the loaded adapter again gives the same bytes
           fresh.save(join(dir, 'again'), 'b');
           assert.deepEqual(readFileSync(join(dir, 'again', 'adapter_model.safetensors')), readFileSync(join(dir, 'adapter_model.safetensors')));

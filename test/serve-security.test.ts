@@ -326,6 +326,7 @@ describe('runtime adapter loading', () => {
       const b = await post('/v1/completions', { model: 'scanned', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
       assert.equal(a.status, 200, a.text);
       assert.equal(a.json.choices[0].text, b.json.choices[0].text);
+      assert.equal((await post('/v1/unload_lora_adapter', { lora_name: 'fresh' })).status, 200);
       assert.equal((await post('/v1/unload_lora_adapter', { lora_name: 'fresh-abs' })).status, 200);
       assert.equal((await post('/v1/unload_lora_adapter', { lora_name: 'no such/name' })).status, 400);
     } finally {
@@ -356,11 +357,13 @@ describe('abandoned requests', () => {
     assert.equal(m1.adaptkit_cancelled_requests_total! - m0.adaptkit_cancelled_requests_total!, N);
     const spent = m1.adaptkit_generated_tokens_total! - m0.adaptkit_generated_tokens_total!;
     assert.ok(spent < (N * 400) / 4, `the abandoned streams cost ${spent} tokens`);
-    // a non-streaming client that gives up while waiting is dropped too
+    // a non-streaming client that gives up while waiting is dropped too, and its adapter's pin
+    // goes with it
+    assert.equal((await post('/v1/load_lora_adapter', { lora_name: 'pinned', lora_path: 'good2' })).status, 200);
     const ac = new AbortController();
     const waiting = fetch(`${server.url}/v1/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json', ...auth }, signal: ac.signal,
-      body: JSON.stringify({ model: 'fresh', prompt: 'Once upon a time', max_tokens: 400, temperature: 0 }),
+      body: JSON.stringify({ model: 'pinned', prompt: 'Once upon a time', max_tokens: 400, temperature: 0 }),
     }).catch((e: Error) => e);
     const t0 = performance.now();
     for (let i = 0; i < 100 && performance.now() - t0 < 2000; i++) {
@@ -372,8 +375,8 @@ describe('abandoned requests', () => {
     assert.ok(await blocksBack(1000) >= 0, 'the KV blocks did not come back');
     const m2 = await metrics();
     assert.equal(m2.adaptkit_cancelled_requests_total! - m1.adaptkit_cancelled_requests_total!, 1);
-    // the adapter's pin went with it: it can be unloaded
-    assert.equal((await post('/v1/unload_lora_adapter', { lora_name: 'fresh' })).status, 200);
+    // a pinned adapter could not be unloaded (409)
+    assert.equal((await post('/v1/unload_lora_adapter', { lora_name: 'pinned' })).status, 200);
   });
 });
 

@@ -26,6 +26,12 @@ export function saveAdapter(am: AdapterModel, dir: string, name: string): void {
   for (const [k, t] of inst.stateDict()) tensors[k] = t;
   for (const [k, t] of savedModuleTensors(am, name)) tensors[k] = t;
   writeFileAtomic(join(dir, 'adapter_model.safetensors'), serializeSafetensors(tensors, { metadata: { format: 'pt' } }));
+  for (const [file, bytes] of inst.extraFiles?.() ?? []) {
+    if (!/^[\w][\w.-]*$/.test(file) || file === 'adapter_config.json' || file === 'adapter_model.safetensors') {
+      throw new AdaptkitError(`adapter "${name}": cannot save an extra file named ${JSON.stringify(file)}`);
+    }
+    writeFileAtomic(join(dir, file), bytes);
+  }
   writeFileAtomic(join(dir, 'adapter_config.json'), Buffer.from(pythonJson(inst.configJson(), inst.method.floatKeys ?? [])));
 }
 

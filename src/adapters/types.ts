@@ -79,6 +79,23 @@ export interface AdapterInstance {
   loadStateDict(tensors: Map<string, Tensor>, source: string): void;
   /** The config as PEFT writes it in adapter_config.json. */
   configJson(): RawAdapterConfig;
+  /**
+   * Files saved next to adapter_config.json and adapter_model.safetensors (plain names, e.g. a
+   * packed low-bit form of the weights), written atomically with them.
+   */
+  extraFiles?(): Map<string, Uint8Array>;
+  /**
+   * The training objective of one step when it is not the plain loss of one forward (two passes
+   * with a consistency term, say): `logits()` runs the model on the step's batch, `loss(l)` is
+   * the data loss of logits `l`. Called inside the training scope.
+   */
+  objective?(step: { logits(): Tensor; loss(logits: Tensor): Tensor }): Tensor;
+  /**
+   * Everything training needs to resume exactly, when the saved adapter is not all of it (the
+   * experts behind a merged adapter); checkpoints store it and load it back.
+   */
+  checkpointState?(): Map<string, Tensor>;
+  loadCheckpointState?(tensors: Map<string, Tensor>, source: string): void;
 }
 
 /** A CLI option a method's presets read (`adaptkit train --<name> <value>`). */
@@ -176,6 +193,11 @@ export interface AdapterMethod {
    * such as PiSSA, must not run again) and a fix-up of the instance after creation.
    */
   prepareLoad?(raw: RawAdapterConfig): { config: RawAdapterConfig; finish?(inst: AdapterInstance): void };
+  /**
+   * False when a freshly created adapter changes the model's output by design (prompt methods
+   * add positions; low-bit adapters cannot start at exactly zero). Default true.
+   */
+  readonly startsAsIdentity?: boolean;
   /** Capability: every delta folds into the base weights (mergeWeight/mergeBias). */
   readonly mergeable?: boolean | ((inst: AdapterInstance) => boolean);
   /** Capability: mixed batches and the server apply several adapters of this method per row. */

@@ -128,6 +128,11 @@ class WorkerClient {
     if (batch.length > 0 && !this.stopped) this.worker.postMessage(batch);
   }
 
+  /** Calls sent and not yet answered. */
+  get pending(): number {
+    return this.calls.size;
+  }
+
   async call<T>(msg: Record<string, unknown> & { type: string }): Promise<T> {
     if (this.stopped) throw new HttpError(503, 'the server is not running', 'server_error');
     const call = this.nextCall++;
@@ -367,7 +372,9 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     throw e;
   }
   // a body must be able to carry the longest prompt allowed, JSON escapes included
-  const app = Fastify({ bodyLimit: o.bodyLimit ?? Math.max(1 << 20, 2 * maxPromptBytes + (64 << 10)), logger: false });
+  // fastify leaves the time to receive a request unbounded unless told; a client that trickles
+  // its headers or body in must not hold a connection for ever (responses may stream for longer)
+  const app = Fastify({ bodyLimit: o.bodyLimit ?? Math.max(1 << 20, 2 * maxPromptBytes + (64 << 10)), requestTimeout: 60_000, logger: false });
   const counters = { requests: new Map<string, number>() };
   let closing = false;
   const count = (code: number) => counters.requests.set(String(code), (counters.requests.get(String(code)) ?? 0) + 1);
@@ -428,7 +435,9 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       seed: body.seed === undefined ? undefined : intField(body, 'seed', 0, 0, 2 ** 31 - 1),
       stop: stopField(body),
     };
-    // the byte bound comes first: what is tokenized is never more than the limits allow
+    // the byte bound comes first: what is tokenized is never more than the limits allow; and
+    // prompts waiting for the tokenizer count against the queue like requests waiting for the engine
+    if (tokenizer.pending >= o.engine.maxQueue) throw new HttpError(429, 'the server is busy: the request queue is full', 'rate_limit_error');
     let promptIds: number[];
     if (chat) {
       const msgs = body.messages;

@@ -24,6 +24,11 @@ export class Tensor {
   readonly dtype: DType;
   requiresGrad = false;
   grad: Tensor | null = null;
+  /**
+   * For a parameter trained sparsely: 1 where the optimizer may change an entry, 0 where it must
+   * leave the entry and its optimizer state alone ("no gradient", not "zero gradient"); null: all.
+   */
+  gradMask: Float32Array | null = null;
   node: GradNode | null = null;
   /** Kept tensors (parameters, optimizer state, gradients of leaves) outlive `tidy` scopes. */
   kept = false;

@@ -1,4 +1,4 @@
-export { AdamW, SGD, clipGradNorm, type Optimizer, type OptimizerState } from './optim.js';
+export { AdamW, SGD, clipGradNorm, maskGrads, type Optimizer, type OptimizerState } from './optim.js';
 export { lrFactor, type ScheduleName } from './schedule.js';
 export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type ReadOptions } from './data.js';
 export { toExample, fitExamples, splitExamples, exampleLength, type Example } from './examples.js';

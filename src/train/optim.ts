@@ -61,6 +61,8 @@ export class AdamW extends Base {
   private t = 0;
   private m: Float32Array[];
   private v: Float32Array[];
+  /** Steps each parameter has taken: one without a gradient does not step (as in PyTorch). */
+  private steps: Float32Array;
 
   constructor(params: readonly Tensor[], o: AdamWOptions = {}) {
     super(params);
@@ -70,23 +72,25 @@ export class AdamW extends Base {
     this.weightDecay = o.weightDecay ?? 0.01;
     this.m = params.map((p) => new Float32Array(p.size));
     this.v = params.map((p) => new Float32Array(p.size));
+    this.steps = new Float32Array(params.length);
   }
 
   step(): void {
     this.t++;
     const { beta1: b1, beta2: b2, eps, lr, weightDecay: wd } = this;
-    const c1 = 1 - b1 ** this.t;
-    const c2 = 1 - b2 ** this.t;
-    const stepSize = lr / c1;
-    const sqrtC2 = Math.sqrt(c2);
     this.params.forEach((p, i) => {
       if (!p.grad) return;
+      const t = ++this.steps[i]!;
+      const stepSize = lr / (1 - b1 ** t);
+      const sqrtC2 = Math.sqrt(1 - b2 ** t);
       const w = data(p);
       const g = p.grad.toArray() as Float32Array;
       const m = this.m[i]!;
       const v = this.v[i]!;
       const decay = 1 - lr * wd;
+      const mask = p.gradMask;
       for (let j = 0; j < w.length; j++) {
+        if (mask && mask[j] === 0) continue;
         const gj = g[j]!;
         m[j] = b1 * m[j]! + (1 - b1) * gj;
         v[j] = b2 * v[j]! + (1 - b2) * gj * gj;
@@ -96,7 +100,10 @@ export class AdamW extends Base {
   }
 
   state(): OptimizerState {
-    return { step: this.t, buffers: { m: this.m.map((a) => a.slice()), v: this.v.map((a) => a.slice()) } };
+    return {
+      step: this.t,
+      buffers: { m: this.m.map((a) => a.slice()), v: this.v.map((a) => a.slice()), steps: [this.steps.slice()] },
+    };
   }
 
   loadState(s: OptimizerState): void {
@@ -108,6 +115,9 @@ export class AdamW extends Base {
     this.t = s.step;
     this.m = m.map((a) => a.slice());
     this.v = v!.map((a) => a.slice());
+    // a state saved before per-parameter steps were kept: every parameter stepped each time
+    const steps = s.buffers.steps?.[0];
+    this.steps = steps && steps.length === this.params.length ? steps.slice() : new Float32Array(this.params.length).fill(s.step);
   }
 }
 
@@ -144,7 +154,9 @@ export class SGD extends Base {
       const w = data(p);
       const g = p.grad.toArray() as Float32Array;
       const b = this.buf[i]!;
+      const mask = p.gradMask;
       for (let j = 0; j < w.length; j++) {
+        if (mask && mask[j] === 0) continue;
         let d = g[j]! + this.weightDecay * w[j]!;
         if (this.momentum !== 0) {
           b[j] = first ? d : this.momentum * b[j]! + d;
@@ -164,6 +176,18 @@ export class SGD extends Base {
     if (!b || b.length !== this.params.length) throw new AdaptkitError('optimizer state does not match the parameters');
     this.t = s.step;
     this.buf = b.map((a) => a.slice());
+  }
+}
+
+/** Zero the gradient entries that parameters' gradMasks exclude (before clipping, so they do not count). */
+export function maskGrads(params: readonly Tensor[]): void {
+  for (const p of params) {
+    if (!p.grad || !p.gradMask) continue;
+    if (p.gradMask.length !== p.size) throw new AdaptkitError(`parameter ${p.name ?? ''}: its gradMask has ${p.gradMask.length} entries, the parameter ${p.size}`);
+    if (!p.grad.isContiguous()) p.grad = p.grad.contiguous();
+    const gd = p.grad.storage.data as Float32Array;
+    const off = p.grad.offset;
+    for (let i = 0; i < p.size; i++) if (p.gradMask[i] === 0) gd[off + i] = 0;
   }
 }
 

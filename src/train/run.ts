@@ -4,10 +4,11 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, type Tensor, parameter } from '../tensor/index.js';
+import { AdaptkitError, type Tensor, crossEntropy, parameter } from '../tensor/index.js';
 import { AdapterModel, type AdapterInstance, type PresetOptions, resolvePreset } from '../adapters/index.js';
 import { readTensorMap } from '../adapters/files.js';
 import { writeFileAtomic } from '../io/atomic.js';
+import { serializeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
 import { type Module, describeModel } from '../nn/index.js';
@@ -15,7 +16,8 @@ import { classificationAccuracy, classificationLoss } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
 import { StreamingExamples } from './stream.js';
-import { evaluateLoss, labelAccuracy } from './evaluate.js';
+import { evaluateLoss, labelAccuracy, realLogits } from './evaluate.js';
+import { IGNORE, collate } from './batch.js';
 import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
 import { DEFAULT_TRAIN, type TrainConfig, type TrainResult, Trainer } from './trainer.js';
@@ -66,6 +68,8 @@ export interface RunResult {
 }
 
 const ADAPTER = 'default';
+/** A checkpoint's file for a method's training state beyond its saved adapter. */
+const TRAINING_STATE = 'adapter_training_state.safetensors';
 
 /** First completion token of each label (labels must differ in it). */
 export function labelFirstTokens(train: readonly Example[], labels: readonly string[]): Map<string, number> {
@@ -142,11 +146,30 @@ export function runTraining(o: RunOptions): RunResult {
     evaluate,
     loss: classifier
       ? (ex) => ({ loss: classificationLoss(am, ex, padId), tokens: ex.reduce((n, e) => n + e.body.length, 0) })
+      : inst?.objective
+      ? (ex) => {
+          // the method's own objective over the step's batch (several passes, consistency terms)
+          const b = collate(ex, padId, { pack: cfg.pack, maxLen: cfg.maxLen });
+          const loss = inst!.objective!({
+            logits: () => realLogits(am, b.ids, b.mask),
+            loss: (l) => crossEntropy(l, b.targets, { ignoreIndex: IGNORE }),
+          });
+          return { loss, tokens: b.tokens };
+        }
       : undefined,
     onStep: (m) => o.progress?.step(m),
     onEval: (m) => o.progress?.eval(m),
-    saveWeights: (dir) => (inst ? am.save(dir, ADAPTER) : saveModelFolder(o.model, {}, dir, { overwrite: true })),
+    saveWeights: (dir) => {
+      if (!inst) return saveModelFolder(o.model, {}, dir, { overwrite: true });
+      am.save(dir, ADAPTER);
+      const st = inst.checkpointState?.();
+      if (st) writeFileAtomic(join(dir, TRAINING_STATE), serializeSafetensors(Object.fromEntries(st)));
+    },
     loadWeights: (dir) => {
+      if (inst?.loadCheckpointState && existsSync(join(dir, TRAINING_STATE))) {
+        const file = join(dir, TRAINING_STATE);
+        return inst.loadCheckpointState(readTensorMap(file), file);
+      }
       const file = join(dir, inst ? 'adapter_model.safetensors' : 'model.safetensors');
       const tensors = readTensorMap(file);
       if (inst) inst.loadStateDict(tensors, file);

@@ -16,7 +16,7 @@ import { listCheckpoints, loadCheckpoint, removeStaleTemps, saveCheckpoint } fro
 import { type Example } from './examples.js';
 import { type StreamPosition, StreamingExamples } from './stream.js';
 import { type TrainableLM, batchLoss } from './evaluate.js';
-import { AdamW, type Optimizer, SGD, clipGradNorm } from './optim.js';
+import { AdamW, type Optimizer, SGD, clipGradNorm, maskGrads } from './optim.js';
 import { type ScheduleName, lrFactor } from './schedule.js';
 
 export interface TrainConfig {
@@ -334,6 +334,7 @@ export class Trainer {
           return loss.item();
         }));
       }
+      maskGrads(this.params);
       const gradNorm = clipGradNorm(this.params, c.maxGradNorm);
       this.optim.step();
       this.optim.zeroGrad();

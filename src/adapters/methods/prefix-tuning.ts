@@ -131,6 +131,7 @@ export const PREFIX_TUNING: AdapterMethod = {
   peftType: 'PREFIX_TUNING',
   description: 'trained keys and values before every attention layer (Li & Liang 2021)',
   kind: 'prompt',
+  startsAsIdentity: false,
   parseConfig: parse,
   presets: [{
     name: 'prefix',

@@ -98,6 +98,7 @@ export const PROMPT_TUNING: AdapterMethod = {
   peftType: 'PROMPT_TUNING',
   description: 'trained virtual-token embeddings before the input (Lester et al. 2021)',
   kind: 'prompt',
+  startsAsIdentity: false,
   parseConfig: parse,
   presets: [{
     name: 'prompt',
