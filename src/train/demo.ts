@@ -7,11 +7,11 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { snapshotDownload } from '../io/hub.js';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { AdaptkitError, Rng } from '../tensor/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { AdapterModel } from '../adapters/index.js';
-import { dataDir } from '../io/data.js';
+import { dataDir, packageRoot } from '../io/data.js';
 import { type DataRecord, readRecords } from './data.js';
 import { type Example, fitExamples, toExample } from './examples.js';
 import { evaluateLoss, labelAccuracy } from './evaluate.js';
@@ -32,6 +32,9 @@ export interface DemoOptions {
 
 export interface DemoResult {
   task: DemoTask;
+  /** The model and data files the run read. */
+  model_file: string;
+  data_file: string;
   metric: string;
   before: number;
   after: number;
@@ -56,12 +59,26 @@ export const STORIES260K = {
   files: { 'stories260K/stories260K.bin': 'b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696', 'stories260K/tok512.bin': '037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312' } as Record<string, string>,
 };
 
+/** The demo's own files, embedded in the package (assets/NOTICE.md has their origin and licenses). */
+export function embeddedAsset(...parts: string[]): string {
+  return join(packageRoot(), 'assets', ...parts);
+}
+
+/** Whether a data folder was named (--data-dir or ADAPTKIT_DATA) rather than defaulted. */
+function namedDataDir(root: string): boolean {
+  return process.env.ADAPTKIT_DATA !== undefined || resolve(root) !== dataDir();
+}
+
 /**
- * The folder holding stories260K.bin and tok512.bin: the offline data folder, or else the files
- * downloaded from the Hub into the HF cache (their sha256 checked against the published files).
+ * The folder holding stories260K.bin and tok512.bin: a named data folder's copy, else the copy
+ * embedded in the package, else the data folder, else the files downloaded from the Hub into the
+ * HF cache (their sha256 checked against the published files).
  */
 export async function demoModelDir(root: string): Promise<string> {
   const local = join(root, 'models', 'stories260K');
+  const embedded = embeddedAsset('stories260K');
+  if (namedDataDir(root) && existsSync(join(local, 'stories260K.bin'))) return local;
+  if (existsSync(join(embedded, 'stories260K.bin'))) return embedded;
   if (existsSync(join(local, 'stories260K.bin'))) return local;
   const snap = await snapshotDownload(STORIES260K.repo, { filter: (f) => f in STORIES260K.files });
   for (const [f, sum] of Object.entries(STORIES260K.files)) {
@@ -79,7 +96,9 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   if (!existsSync(bin)) {
     throw new AdaptkitError(`${bin} not found: point --data-dir (or ADAPTKIT_DATA) at the folder holding models/stories260K and datasets/`);
   }
-  for (const d of [o.task === 'sms' ? join(root, 'datasets', 'sms_spam', 'SMSSpamCollection') : join(root, 'datasets', 'gsm8k', 'train.jsonl')]) {
+  const smsLocal = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
+  const smsFile = !namedDataDir(root) && existsSync(embeddedAsset('sms_spam', 'SMSSpamCollection')) ? embeddedAsset('sms_spam', 'SMSSpamCollection') : smsLocal;
+  for (const d of [o.task === 'sms' ? smsFile : join(root, 'datasets', 'gsm8k', 'train.jsonl')]) {
     if (!existsSync(d)) throw new AdaptkitError(`${d} not found: the demo reads its dataset from --data-dir (or ADAPTKIT_DATA); see the README`);
   }
   // the demo replaces only its own earlier runs
@@ -98,7 +117,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   let seqLen: number;
   const steps = o.steps ?? (o.task === 'sms' ? 150 : 80);
   if (o.task === 'sms') {
-    const file = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
+    const file = smsFile;
     const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
     const all = shuffle(records.slice(), seed);
     seqLen = 64;
@@ -131,7 +150,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   am.load(run.adapterDir);
   const after = measure(am);
   return {
-    task: o.task, metric: labels ? 'accuracy' : 'nll_per_token', before, after, seconds: (Date.now() - t0) / 1000,
+    task: o.task, model_file: bin, data_file: o.task === 'sms' ? smsFile : join(root, 'datasets', 'gsm8k', 'train.jsonl'), metric: labels ? 'accuracy' : 'nll_per_token', before, after, seconds: (Date.now() - t0) / 1000,
     adapter_dir: run.adapterDir, train_examples: train.length, eval_examples: evalSet.length,
   };
 }
