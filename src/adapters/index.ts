@@ -5,6 +5,7 @@ import './methods/bottleneck.js';
 import './methods/compacter.js';
 import './methods/prompt-tuning.js';
 import './methods/prefix-tuning.js';
+import './methods/mosa.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export {
