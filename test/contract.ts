@@ -127,6 +127,13 @@ export function contractSuite(cases: readonly MethodCase[]): void {
           for (const p of params) assert.ok(p.grad, `${p.name} has a gradient`);
           // frozen base weights never get gradients
           assert.ok(am.model.parameters().filter((p) => !params.includes(p)).every((p) => p.grad === null));
+          if (ak.getMethod(c.config.peft_type).straightThrough) {
+            for (const p of params) {
+              const g = p.grad!.toArray();
+              assert.ok(g.every(Number.isFinite) && g.some((v) => v !== 0), `${p.name}: a finite, non-zero straight-through gradient`);
+            }
+            return;
+          }
           const h = 1e-2;
           // DoRA treats the weight norm as a constant in backward (the paper's section 4.3, and PEFT),
           // so only its magnitude vector has the exact derivative

@@ -6,6 +6,7 @@ import './methods/compacter.js';
 import './methods/prompt-tuning.js';
 import './methods/prefix-tuning.js';
 import './methods/mosa.js';
+import './methods/lowbit.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export {

@@ -198,6 +198,12 @@ export interface AdapterMethod {
    * add positions; low-bit adapters cannot start at exactly zero). Default true.
    */
   readonly startsAsIdentity?: boolean;
+  /**
+   * The backward is a straight-through estimate, not the derivative of the forward (weights
+   * quantized in forward): finite differences of the output cannot check it, so the contract
+   * requires finite, non-zero gradients and the method's own tests check the estimator.
+   */
+  readonly straightThrough?: boolean;
   /** Capability: every delta folds into the base weights (mergeWeight/mergeBias). */
   readonly mergeable?: boolean | ((inst: AdapterInstance) => boolean);
   /** Capability: mixed batches and the server apply several adapters of this method per row. */
