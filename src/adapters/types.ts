@@ -87,9 +87,10 @@ export interface AdapterInstance {
   /**
    * The training objective of one step when it is not the plain loss of one forward (two passes
    * with a consistency term, say): `logits()` runs the model on the step's batch, `loss(l)` is
-   * the data loss of logits `l`. Called inside the training scope.
+   * the data loss of logits `l`, `weights` [B, T] is 1 at the positions the loss counts. Called
+   * inside the training scope.
    */
-  objective?(step: { logits(): Tensor; loss(logits: Tensor): Tensor }): Tensor;
+  objective?(step: { logits(): Tensor; loss(logits: Tensor): Tensor; weights?: Tensor }): Tensor;
   /**
    * Everything training needs to resume exactly, when the saved adapter is not all of it (the
    * experts behind a merged adapter); checkpoints store it and load it back.

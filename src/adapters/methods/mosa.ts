@@ -184,9 +184,16 @@ export function consistencyObjective(step: ObjectiveStep, weight: number): Tenso
   const lp2 = logSoftmax(o2);
   const t1 = detach(lp1);
   const t2 = detach(lp2);
-  const kl = add(sum(mul(exp(t2), sub(t2, lp1))), sum(mul(exp(t1), sub(t1, lp2))));
-  const positions = o1.size / o1.shape[o1.ndim - 1]!;
-  return add(step.loss(o1), mul(kl, (0.5 * weight) / positions));
+  const last = o1.ndim - 1;
+  // the KL of each position, summed over the vocabulary
+  const kl = add(sum(mul(exp(t2), sub(t2, lp1)), last), sum(mul(exp(t1), sub(t1, lp2)), last));
+  if (step.weights) {
+    // averaged over the positions the data loss counts (not padding or prompt)
+    const w = step.weights;
+    const n = Math.max(1, (w.toArray() as Float32Array).reduce((a, b) => a + b, 0));
+    return add(step.loss(o1), mul(sum(mul(kl, w)), (0.5 * weight) / n));
+  }
+  return add(step.loss(o1), mul(sum(kl), (0.5 * weight) / kl.size));
 }
 
 const PROJECTIONS = ['adapter_down', 'adapter_up'] as const;
