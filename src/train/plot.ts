@@ -50,9 +50,12 @@ function panel(title: string, series: Series[], x0: number, y0: number, w: numbe
   const ys = pts.map((p) => p[1]).filter(Number.isFinite);
   const [xmin, xmax] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
   let [ymin, ymax] = [Math.min(...ys), Math.max(...ys)];
+  // a series that is never negative (a loss, an accuracy) gets no negative axis
+  const nonNegative = ymin >= 0;
   if (ymin === ymax) [ymin, ymax] = [ymin - 1, ymax + 1];
   const pad = 0.05 * (ymax - ymin);
   ymin -= pad;
+  if (nonNegative) ymin = Math.max(0, ymin);
   ymax += pad;
   const L = 56, R = 12, T = 28, B = 34;
   const sx = (x: number) => x0 + L + ((x - xmin) / (xmax - xmin)) * (w - L - R);
