@@ -6,6 +6,8 @@ import { generate } from '../models/generate.js';
 import { convertLlama2c } from '../models/convert.js';
 import { isHubId, snapshotDownload } from '../io/hub.js';
 import { AdapterModel } from '../adapters/index.js';
+import { SAMPLING_RANGES } from '../models/sampling-rules.js';
+import { intOption, numberOption, optionalNumber } from './options.js';
 
 /** A local path for a model argument: Hub ids are downloaded (or found in the cache) first. */
 export async function resolveModel(arg: string): Promise<string> {
@@ -23,12 +25,7 @@ export async function resolveModel(arg: string): Promise<string> {
   return path;
 }
 
-function num(name: string, v: string | undefined, fallback: number, integer = false): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new AdaptkitError(`--${name} must be a${integer ? 'n integer' : ' number'}, got "${v}"`);
-  return n;
-}
+
 
 export function registerModelCommands(program: Command): void {
   program
@@ -54,12 +51,12 @@ export function registerModelCommands(program: Command): void {
       const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
       process.stdout.write(String(o.prompt ?? ''));
       generate(am, tok, prompt, {
-        maxTokens: num('max-tokens', o.maxTokens as string, 256, true),
-        temperature: num('temperature', o.temperature as string, 0),
-        topK: o.topK === undefined ? undefined : num('top-k', o.topK as string, 0, true),
-        topP: o.topP === undefined ? undefined : num('top-p', o.topP as string, 1),
-        repetitionPenalty: num('repetition-penalty', o.repetitionPenalty as string, 1),
-        seed: num('seed', o.seed as string, 0, true),
+        maxTokens: intOption('max-tokens', o.maxTokens as string, 1),
+        temperature: numberOption('temperature', o.temperature as string, SAMPLING_RANGES.temperature),
+        topK: optionalNumber('top-k', o.topK as string | undefined, SAMPLING_RANGES.top_k),
+        topP: optionalNumber('top-p', o.topP as string | undefined, SAMPLING_RANGES.top_p),
+        repetitionPenalty: numberOption('repetition-penalty', o.repetitionPenalty as string, SAMPLING_RANGES.repetition_penalty),
+        seed: numberOption('seed', o.seed as string, SAMPLING_RANGES.seed),
         stopStrings: o.stop as string[] | undefined,
       }, (piece) => process.stdout.write(piece));
       process.stdout.write('\n');

@@ -5,11 +5,10 @@ import { AdaptkitError } from '../tensor/index.js';
 import { PROMPT_BYTES_PER_TOKEN, startServer } from '../serve/http.js';
 import { resolveModel } from './models.js';
 import { loadedPlugins } from '../io/plugins.js';
+import { intOption } from './options.js';
 
 function int(name: string, v: string, min: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new AdaptkitError(`--${name} must be an integer >= ${min}, got "${v}"`);
-  return n;
+  return intOption(name, v, min);
 }
 
 export function registerServeCommand(program: Command): void {
@@ -54,7 +53,7 @@ export function registerServeCommand(program: Command): void {
           maxLoadedAdapters: int('max-loaded-adapters', String(o.maxLoadedAdapters), 1), maxRank: int('max-rank', String(o.maxRank), 1),
           maxQueue: int('max-queue', String(o.maxQueue), 1), contextLength: int('context-length', String(o.contextLength), 2), adapterDir: str(o.adapters),
         },
-      }, { port: int('port', String(o.port), 0), host: String(o.host) });
+      }, { port: intOption('port', String(o.port), 0, 65535), host: String(o.host) });
       process.stderr.write(`adaptkit: serving on ${server.url}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {
