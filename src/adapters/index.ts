@@ -7,6 +7,7 @@ import './methods/prompt-tuning.js';
 import './methods/prefix-tuning.js';
 import './methods/mosa.js';
 import './methods/lowbit.js';
+import './methods/zeroi2v.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export {

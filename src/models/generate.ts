@@ -33,25 +33,52 @@ export interface GenerateResult {
   finishReason: 'stop' | 'length';
 }
 
-/** Choose the next token from a row of logits. */
-export function sampleToken(logits: Float32Array, history: readonly number[], o: SamplingOptions, rng: Rng): number {
+/**
+ * What `sampleToken` takes beyond `SamplingOptions`: the adjustments OpenAI's API defines, which
+ * need what was generated so far (the prompt does not count for them).
+ */
+export interface TokenSamplingOptions extends SamplingOptions {
+  /** Subtracted once from the logit of every token generated at least once (OpenAI, in [-2, 2]). */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit once per time it was generated (OpenAI, in [-2, 2]). */
+  frequencyPenalty?: number;
+  /** The tokens generated so far, which the presence and frequency penalties count. */
+  generated?: readonly number[];
+  /** Added to the logits of the given token ids before anything else (OpenAI's `logit_bias`). */
+  logitBias?: ReadonlyArray<readonly [number, number]>;
+}
+
+function argmax(v: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
+  return best;
+}
+
+/**
+ * Choose the next token from a row of logits. The adjustments go in the order vLLM applies them:
+ * logit bias, repetition penalty (over the history), presence and frequency penalties (over the
+ * generated tokens), then temperature, top-k and top-p.
+ */
+export function sampleToken(logits: Float32Array, history: readonly number[], o: TokenSamplingOptions, rng: Rng): number {
   const pen = o.repetitionPenalty ?? 1;
-  if ((o.temperature ?? 0) <= 0 && pen === 1) {
-    // greedy without a penalty: the argmax, with no copy of the row
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
-    return best;
-  }
+  const presence = o.presencePenalty ?? 0;
+  const frequency = o.frequencyPenalty ?? 0;
+  const counted = (presence !== 0 || frequency !== 0) && (o.generated?.length ?? 0) > 0;
+  const biased = (o.logitBias?.length ?? 0) > 0;
+  // greedy without adjustments: the argmax, with no copy of the row
+  if ((o.temperature ?? 0) <= 0 && pen === 1 && !counted && !biased) return argmax(logits);
   const v = Float64Array.from(logits);
+  if (biased) for (const [t, b] of o.logitBias!) if (t >= 0 && t < v.length) v[t] = v[t]! + b;
   if (pen !== 1) {
     for (const t of new Set(history)) if (t >= 0 && t < v.length) v[t] = v[t]! > 0 ? v[t]! / pen : v[t]! * pen;
   }
-  const temp = o.temperature ?? 0;
-  if (temp <= 0) {
-    let best = 0;
-    for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
-    return best;
+  if (counted) {
+    const counts = new Map<number, number>();
+    for (const t of o.generated!) counts.set(t, (counts.get(t) ?? 0) + 1);
+    for (const [t, c] of counts) if (t >= 0 && t < v.length) v[t] = v[t]! - presence - frequency * c;
   }
+  const temp = o.temperature ?? 0;
+  if (temp <= 0) return argmax(v);
   let idx = Array.from(v.keys()).sort((a, b) => v[b]! - v[a]!);
   if (o.topK && o.topK > 0) idx = idx.slice(0, o.topK);
   const m = v[idx[0]!]!;

@@ -28,13 +28,41 @@ export interface GenerationRequest {
   topP?: number;
   topK?: number;
   repetitionPenalty?: number;
+  /** OpenAI's penalties over the generated tokens (see `sampleToken`). */
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** [token id, bias] pairs added to the logits before sampling. */
+  logitBias?: [number, number][];
   seed?: number;
+  /** Strings that end generation; the returned text stops before the first one. */
   stop?: string[];
+  /**
+   * Report each generated token's log-probability and this many most likely alternatives (0 for
+   * none). Absent: no log-probabilities are computed.
+   */
+  logprobs?: number;
+}
+
+/** A token and its log-probability under the model (the log-softmax of its raw logits). */
+export interface TokenAlternative {
+  token: string;
+  /** The token's UTF-8 bytes; null when the tokenizer cannot say what they are. */
+  bytes: number[] | null;
+  logprob: number;
+}
+
+export interface TokenLogprob extends TokenAlternative {
+  /** The most likely tokens at this position, most likely first. */
+  top: TokenAlternative[];
+  /** Where the token's text starts in the generated text, in code points. */
+  offset: number;
 }
 
 export interface TokenEvent {
   id: string;
   text: string;
+  /** The log-probabilities of the tokens this text (and any held back before it) came from. */
+  logprobs?: TokenLogprob[];
 }
 
 export interface DoneEvent {
@@ -43,6 +71,8 @@ export interface DoneEvent {
   finishReason: 'stop' | 'length';
   promptTokens: number;
   completionTokens: number;
+  /** Every returned token's log-probability, when the request asked for them. */
+  logprobs?: TokenLogprob[];
 }
 
 export interface EngineOptions {
@@ -68,6 +98,13 @@ interface Seq {
   rng: Rng;
   /** Tokens to feed next (the prompt, or after preemption the prompt plus what was generated). */
   pending: number[];
+  /** The text generation ends with once a stop string is found (the text before it). */
+  cut: string | null;
+  /** Log-probabilities of the generated tokens, and how many of them were reported so far. */
+  lp: (TokenLogprob & { at: number })[];
+  lpSent: number;
+  /** Code points in the stream's text, for the offsets OpenAI reports. */
+  codePoints: number;
   onToken: (e: TokenEvent) => void;
   onDone: (e: DoneEvent) => void;
   onError: (e: Error) => void;
@@ -99,6 +136,58 @@ function kvShape(model: Module): { layers: number; kvHeads: number; headDim: num
   if (atts.length === 0) throw new Error('the served model has no cached attention');
   const s = (atts[0] as unknown as { kvShape(): { kvHeads: number; headDim: number } }).kvShape();
   return { layers: atts.length, ...s };
+}
+
+/** Tokens before a candidate that its text is decoded after (a leading space depends on them). */
+const CONTEXT_TOKENS = 6;
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The length of the longest end of `text` (after `from`) that a stop string starts with: what may
+ * yet turn into a stop string and must not be sent before the following tokens decide.
+ */
+function stopPrefixLength(text: string, from: number, stops: readonly string[]): number {
+  let best = 0;
+  for (const st of stops) {
+    for (let n = Math.min(st.length - 1, text.length - from); n > best; n--) {
+      if (text.endsWith(st.slice(0, n))) {
+        best = n;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
+/**
+ * A token's text and bytes as it reads after `context`. A tokenizer that knows each token's bytes
+ * (llama2.c's) says them exactly, byte-fallback pieces of a character included; otherwise the text
+ * is what decoding adds, and its bytes are unknown when that is not whole characters. Text that is
+ * not valid UTF-8 is written as OpenAI writes it: `bytes:` and the bytes escaped.
+ */
+function tokenPiece(tok: Tokenizer, context: readonly number[], id: number): { token: string; bytes: number[] | null } {
+  let bytes: number[] | null = null;
+  const named = tok as Tokenizer & { tokenBytes?: (id: number, prev?: number) => Uint8Array; idToToken?: (id: number) => string | undefined };
+  if (id === tok.bosId || id === tok.eosId) {
+    // decoding drops special tokens; they are reported by name, as OpenAI reports <|endoftext|>
+    const name = named.idToToken?.(id) ?? (named.tokenBytes ? new TextDecoder().decode(named.tokenBytes(id)).trim() : `<${id}>`);
+    return { token: name, bytes: Array.from(utf8.encode(name)) };
+  }
+  if (typeof named.tokenBytes === 'function') {
+    bytes = Array.from(named.tokenBytes(id, context.length ? context[context.length - 1] : -1));
+  } else {
+    const before = tok.decode(context);
+    const after = tok.decode([...context, id]);
+    const text = after.startsWith(before) ? after.slice(before.length) : tok.decode([id]);
+    if (!text.includes('\uFFFD')) bytes = Array.from(utf8.encode(text));
+    else return { token: text, bytes: null };
+  }
+  try {
+    return { token: strictUtf8.decode(Uint8Array.from(bytes)), bytes };
+  } catch {
+    return { token: `bytes:${bytes.map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('')}`, bytes };
+  }
 }
 
 export class Engine {
@@ -133,7 +222,7 @@ export class Engine {
     if (needBlocks > this.pool.numBlocks) throw new RequestError(`the request needs ${needBlocks} KV blocks, more than the server's ${this.pool.numBlocks}`);
     this.waiting.push({
       req, kv: new SequenceKV(), route: BASE_ROUTE, acquired: false, generated: [], emitted: '', stream: new TextStream(this.tokenizer, req.promptIds),
-      rng: new Rng(req.seed ?? 0), pending: req.promptIds.slice(), onToken, onDone, onError, admitted: 0,
+      rng: new Rng(req.seed ?? 0), pending: req.promptIds.slice(), cut: null, lp: [], lpSent: 0, codePoints: 0, onToken, onDone, onError, admitted: 0,
     });
   }
 
@@ -279,26 +368,70 @@ export class Engine {
     const history = (r.repetitionPenalty ?? 1) !== 1 ? [...r.promptIds, ...s.generated] : [];
     const next = sampleToken(row, history, {
       temperature: r.temperature, topK: r.topK, topP: r.topP, repetitionPenalty: r.repetitionPenalty,
+      presencePenalty: r.presencePenalty, frequencyPenalty: r.frequencyPenalty, generated: s.generated, logitBias: r.logitBias,
     }, s.rng);
     s.pending = [next];
     if (next === this.tokenizer.eosId) return this.finish(s, 'stop');
+    // computed before the token joins the sequence: the context its text is decoded in is what came before
+    const lp = r.logprobs === undefined ? null : this.logprobOf(s, row, next);
     s.generated.push(next);
     this.generated++;
     this.rate.tokens++;
-    s.stream.push(next);
+    const at = s.stream.text.length;
+    const offset = s.codePoints;
+    const piece = s.stream.push(next);
+    s.codePoints += [...piece].length;
+    if (lp) s.lp.push({ ...lp, offset, at });
     let text = s.stream.text;
     const hit = r.stop?.map((st) => text.indexOf(st, Math.max(0, s.emitted.length - st.length))).filter((i) => i >= 0);
     if (hit && hit.length) {
-      text = text.slice(0, Math.min(...hit));
-      if (text.length > s.emitted.length) s.onToken({ id: r.id, text: text.slice(s.emitted.length) });
-      s.emitted = text;
+      s.cut = text.slice(0, Math.min(...hit));
       return this.finish(s, 'stop');
     }
-    if (!text.endsWith('\uFFFD') && text.length > s.emitted.length && text.startsWith(s.emitted)) {
-      s.onToken({ id: r.id, text: text.slice(s.emitted.length) });
-      s.emitted = text;
+    if (!text.endsWith('\uFFFD') && text.startsWith(s.emitted)) {
+      // text that may be the start of a stop string waits until the next tokens settle it, so a
+      // stream never sends what the finished text leaves out
+      if (r.stop?.length) text = text.slice(0, text.length - stopPrefixLength(text, s.emitted.length, r.stop));
+      if (text.length > s.emitted.length) this.send(s, text);
     }
     if (s.generated.length >= r.maxTokens) this.finish(s, 'length');
+  }
+
+  /** Report the text up to `text` and the log-probabilities of the tokens it begins. */
+  private send(s: Seq, text: string, final = false): void {
+    let n = s.lpSent;
+    while (n < s.lp.length && (final || s.lp[n]!.at < text.length)) n++;
+    const logprobs = s.req.logprobs === undefined ? undefined : s.lp.slice(s.lpSent, n).map(({ at: _, ...t }) => t);
+    s.lpSent = n;
+    if (text.length > s.emitted.length || logprobs?.length) s.onToken({ id: s.req.id, text: text.slice(s.emitted.length), logprobs });
+    s.emitted = text;
+  }
+
+  /**
+   * The chosen token's and the most likely tokens' log-probabilities under the model: the log-softmax
+   * of the raw logits, before bias, penalties, temperature and truncation change what is sampled.
+   */
+  private logprobOf(s: Seq, row: Float32Array, chosen: number): TokenAlternative & { top: TokenAlternative[] } {
+    let max = -Infinity;
+    for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
+    let sum = 0;
+    for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
+    const logZ = max + Math.log(sum);
+    const k = Math.min(s.req.logprobs ?? 0, row.length);
+    // a partial selection: the k best so far, kept sorted, for k far below the vocabulary size
+    const top: number[] = [];
+    for (let i = 0; i < row.length && k > 0; i++) {
+      if (top.length === k && row[i]! <= row[top[k - 1]!]!) continue;
+      let j = top.length === k ? k - 1 : top.length;
+      while (j > 0 && row[top[j - 1]!]! < row[i]!) {
+        top[j] = top[j - 1]!;
+        j--;
+      }
+      top[j] = i;
+    }
+    const context = [...s.req.promptIds.slice(-CONTEXT_TOKENS), ...s.generated].slice(-CONTEXT_TOKENS);
+    const alt = (id: number): TokenAlternative => ({ ...tokenPiece(this.tokenizer, context, id), logprob: row[id]! - logZ });
+    return { ...alt(chosen), top: top.map(alt) };
   }
 
   private finish(s: Seq, reason: 'stop' | 'length' | null, err?: Error): void {
@@ -309,8 +442,11 @@ export class Engine {
       s.onError(err ?? new Error('generation failed'));
       return;
     }
-    const text = reason === 'stop' && s.req.stop?.length ? s.emitted : s.stream.text + s.stream.flush();
-    if (text.length > s.emitted.length && text.startsWith(s.emitted)) s.onToken({ id: s.req.id, text: text.slice(s.emitted.length) });
-    s.onDone({ id: s.req.id, text, finishReason: reason, promptTokens: s.req.promptIds.length, completionTokens: s.generated.length });
+    // after a stop string, the tokens whose text starts in it are not part of the answer
+    if (s.cut !== null) s.lp = s.lp.filter((t) => t.at < s.cut!.length);
+    const text = s.cut ?? s.stream.text + s.stream.flush();
+    if (text.startsWith(s.emitted)) this.send(s, text, true);
+    const logprobs = s.req.logprobs === undefined ? undefined : s.lp.map(({ at: _, ...t }) => t);
+    s.onDone({ id: s.req.id, text, finishReason: reason, promptTokens: s.req.promptIds.length, completionTokens: s.generated.length, logprobs });
   }
 }

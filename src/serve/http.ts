@@ -13,8 +13,9 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { AdaptkitError } from '../tensor/index.js';
-import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest } from './engine.js';
+import type { DoneEvent, EngineMetrics, EngineOptions, GenerationRequest, TokenEvent, TokenLogprob } from './engine.js';
 import type { ChatMessage, FromWorker, ReadyInfo, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
+import { SAMPLING_RANGES as R } from '../models/sampling-rules.js';
 
 export interface ServerOptions {
   model: string;
@@ -53,17 +54,27 @@ export const PROMPT_BYTES_PER_TOKEN = 16;
 const CONFIG_MAX_BYTES = 1 << 20;
 const HEADER_MAX_BYTES = 1 << 20;
 const ADAPTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** The most choices (`n`) one request may ask for; each is a sequence in the running batch. */
+const MAX_CHOICES = 16;
 /** What a request's handlers hear when its client has left; nothing is sent then. */
 const CLIENT_GONE = 499;
 
 class HttpError extends Error {
-  constructor(readonly status: number, message: string, readonly type = 'invalid_request_error', readonly param: string | null = null) {
+  constructor(readonly status: number, message: string, readonly type = 'invalid_request_error', readonly param: string | null = null, readonly code: string | null = null) {
     super(message);
   }
 }
 
+/** OpenAI's error body. */
+const errorBody = (message: string, type: string, param: string | null = null, code: string | null = null) => ({ error: { message, type, param, code } });
+
+/** The error type and code OpenAI gives a status the engine answers with. */
+const engineErrorKind = (status: number): { type: string; code: string | null } => status === 429
+  ? { type: 'rate_limit_error', code: null }
+  : status === 404 ? { type: 'invalid_request_error', code: 'model_not_found' } : { type: status >= 500 ? 'server_error' : 'invalid_request_error', code: null };
+
 interface Handlers {
-  onToken: (text: string) => void;
+  onToken: (e: TokenEvent) => void;
   onDone: (e: DoneEvent) => void;
   onError: (status: number, message: string) => void;
 }
@@ -157,7 +168,7 @@ class EngineClient extends WorkerClient {
     if (m.type !== 'token' && m.type !== 'done' && m.type !== 'error') return;
     const h = this.streams.get(m.id);
     if (!h) return;
-    if (m.type === 'token') h.onToken(m.text);
+    if (m.type === 'token') h.onToken(m);
     else if (m.type === 'done') {
       this.streams.delete(m.id);
       h.onDone(m);
@@ -204,6 +215,9 @@ function intField(body: Record<string, unknown>, key: string, fallback: number, 
   return v;
 }
 
+const optionalInt = (body: Record<string, unknown>, key: string, min: number, max: number): number | undefined =>
+  body[key] === undefined || body[key] === null ? undefined : intField(body, key, 0, min, max);
+
 function numField(body: Record<string, unknown>, key: string, fallback: number | undefined, min: number, max: number): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return fallback;
@@ -211,13 +225,174 @@ function numField(body: Record<string, unknown>, key: string, fallback: number |
   return v;
 }
 
+function boolField(body: Record<string, unknown>, key: string): boolean {
+  const v = body[key];
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean') throw new HttpError(400, `"${key}" must be true or false`, 'invalid_request_error', key);
+  return v;
+}
+
 function stopField(body: Record<string, unknown>): string[] | undefined {
   const v = body.stop;
   if (v === undefined || v === null) return undefined;
-  if (typeof v === 'string') return [v];
-  if (Array.isArray(v) && v.length <= 4 && v.every((x) => typeof x === 'string')) return v as string[];
-  throw new HttpError(400, '"stop" must be a string or a list of up to 4 strings', 'invalid_request_error', 'stop');
+  // an empty stop string would end every generation before its first token
+  if (typeof v === 'string' && v.length > 0) return [v];
+  if (Array.isArray(v) && v.length <= 4 && v.every((x) => typeof x === 'string' && x.length > 0)) return v.length ? v as string[] : undefined;
+  throw new HttpError(400, '"stop" must be a non-empty string or a list of up to 4 non-empty strings', 'invalid_request_error', 'stop');
 }
+
+/** OpenAI's `logit_bias`: token ids (as strings) to a bias in [-100, 100]. */
+function logitBiasField(body: Record<string, unknown>, vocabSize: number): [number, number][] | undefined {
+  const v = body.logit_bias;
+  if (v === undefined || v === null) return undefined;
+  const bad = () => new HttpError(400, `"logit_bias" must map token ids in [0, ${vocabSize}) to numbers in [-100, 100]`, 'invalid_request_error', 'logit_bias');
+  if (typeof v !== 'object' || Array.isArray(v)) throw bad();
+  const out: [number, number][] = [];
+  for (const [k, b] of Object.entries(v as Record<string, unknown>)) {
+    const id = /^\d{1,9}$/.test(k) ? Number(k) : NaN;
+    if (!(id < vocabSize) || typeof b !== 'number' || !(Math.abs(b) <= 100)) throw bad();
+    out.push([id, b]);
+  }
+  return out.length ? out : undefined;
+}
+
+/**
+ * Request fields, per route, that the server implements, and those that change nothing by
+ * definition (identifiers, tags and hints for OpenAI's own storage, caching and billing). A field
+ * in neither list is refused with 400 naming it, so no request is answered as if it had been
+ * honoured when it was not.
+ */
+const SAMPLING_FIELDS = ['model', 'stream', 'stream_options', 'n', 'max_tokens', 'temperature', 'top_p', 'stop', 'seed', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'logprobs', 'top_k', 'repetition_penalty'];
+const NO_EFFECT_FIELDS = ['user', 'metadata', 'safety_identifier', 'prompt_cache_key', 'service_tier'];
+const COMPLETION_FIELDS = new Set([...SAMPLING_FIELDS, ...NO_EFFECT_FIELDS, 'prompt', 'echo']);
+const CHAT_FIELDS = new Set([...SAMPLING_FIELDS, ...NO_EFFECT_FIELDS, 'messages', 'max_completion_tokens', 'top_logprobs', 'parallel_tool_calls']);
+
+type Inert = (v: unknown, body: Record<string, unknown>) => boolean;
+const onlyNull: Inert = () => false;
+const emptyList: Inert = (v) => Array.isArray(v) && v.length === 0;
+/**
+ * OpenAI fields the server does not implement, with the values that ask for nothing beyond what
+ * it does (null always does): those are accepted, any other value is refused.
+ */
+const COMPLETION_INERT: Record<string, Inert> = {
+  suffix: (v) => v === '',
+  best_of: (v, body) => v === (body.n ?? 1),
+};
+const CHAT_INERT: Record<string, Inert> = {
+  tools: emptyList,
+  functions: emptyList,
+  tool_choice: (v) => v === 'none',
+  function_call: (v) => v === 'none',
+  response_format: (v) => !!v && typeof v === 'object' && Object.keys(v).length === 1 && (v as { type?: unknown }).type === 'text',
+  modalities: (v) => Array.isArray(v) && v.length === 1 && v[0] === 'text',
+  store: (v) => v === false,
+  audio: onlyNull,
+  prediction: onlyNull,
+  reasoning_effort: onlyNull,
+  verbosity: onlyNull,
+  web_search_options: onlyNull,
+};
+
+function checkFields(body: Record<string, unknown>, chat: boolean): void {
+  const known = chat ? CHAT_FIELDS : COMPLETION_FIELDS;
+  const inertValues = chat ? CHAT_INERT : COMPLETION_INERT;
+  for (const [k, v] of Object.entries(body)) {
+    if (known.has(k)) continue;
+    const inert = Object.hasOwn(inertValues, k) ? inertValues[k]! : null;
+    if (inert && (v === null || inert(v, body))) continue;
+    const what = k.length > 64 ? `${k.slice(0, 64)}...` : k;
+    throw new HttpError(400, inert
+      ? `"${what}" with this value is not supported by this server`
+      : `"${what}" is not a field this server supports on ${chat ? '/v1/chat/completions' : '/v1/completions'}`, 'invalid_request_error', what);
+  }
+}
+
+/** What a completion or chat request asks for, checked. */
+interface ParsedRequest {
+  n: number;
+  maxTokens: number;
+  sampling: Omit<GenerationRequest, 'id' | 'promptIds' | 'adapter' | 'maxTokens'>;
+  stream: boolean;
+  includeUsage: boolean;
+  echo: boolean;
+}
+
+function parseRequest(body: Record<string, unknown>, chat: boolean, lim: { maxTokens: number; maxN: number; vocabSize: number }): ParsedRequest {
+  checkFields(body, chat);
+  const n = intField(body, 'n', 1, 1, lim.maxN);
+  let maxTokens = optionalInt(body, 'max_tokens', 1, lim.maxTokens);
+  if (chat) {
+    const mct = optionalInt(body, 'max_completion_tokens', 1, lim.maxTokens);
+    if (mct !== undefined && maxTokens !== undefined && mct !== maxTokens) {
+      throw new HttpError(400, '"max_tokens" and "max_completion_tokens" differ; give one of them ("max_tokens" is the older name)', 'invalid_request_error', 'max_completion_tokens');
+    }
+    maxTokens = mct ?? maxTokens ?? Math.min(256, lim.maxTokens);
+  } else maxTokens ??= Math.min(16, lim.maxTokens);
+
+  // log-probabilities: a count of alternatives for completions; a switch and a count for chat
+  let logprobs: number | undefined;
+  if (chat) {
+    const on = boolField(body, 'logprobs');
+    const top = optionalInt(body, 'top_logprobs', 0, 20);
+    if (top !== undefined && !on) throw new HttpError(400, '"top_logprobs" needs "logprobs": true', 'invalid_request_error', 'top_logprobs');
+    if (on) logprobs = top ?? 0;
+  } else logprobs = optionalInt(body, 'logprobs', 0, 5);
+
+  const echo = !chat && boolField(body, 'echo');
+  // the prompt's own log-probabilities would need the logits of every prompt position, which the
+  // engine does not keep
+  if (echo && logprobs !== undefined) throw new HttpError(400, '"echo" together with "logprobs" is not supported by this server', 'invalid_request_error', 'echo');
+
+  const stream = boolField(body, 'stream');
+  let includeUsage = false;
+  const so = body.stream_options;
+  if (so !== undefined && so !== null) {
+    if (!stream) throw new HttpError(400, '"stream_options" is only allowed with "stream": true', 'invalid_request_error', 'stream_options');
+    if (typeof so !== 'object' || Array.isArray(so)) throw new HttpError(400, '"stream_options" must be an object', 'invalid_request_error', 'stream_options');
+    for (const [k, v] of Object.entries(so)) {
+      const param = `stream_options.${k.slice(0, 64)}`;
+      if (k === 'include_usage' && (v === null || typeof v === 'boolean')) includeUsage = v === true;
+      // OpenAI's padding against size side channels; the server sends none, which is what false asks
+      else if (k === 'include_obfuscation' && (v === null || v === false)) continue;
+      else throw new HttpError(400, `"${param}" with this value is not supported by this server`, 'invalid_request_error', param);
+    }
+  }
+
+  const seed = optionalInt(body, 'seed', R.seed.min, R.seed.max);
+  return {
+    n, maxTokens, stream, includeUsage, echo,
+    sampling: {
+      temperature: numField(body, 'temperature', 1, R.temperature.min, R.temperature.max)!,
+      topP: numField(body, 'top_p', undefined, R.top_p.min, R.top_p.max),
+      topK: optionalInt(body, 'top_k', R.top_k.min, R.top_k.max),
+      repetitionPenalty: numField(body, 'repetition_penalty', undefined, R.repetition_penalty.min, R.repetition_penalty.max),
+      presencePenalty: numField(body, 'presence_penalty', undefined, R.presence_penalty.min, R.presence_penalty.max),
+      frequencyPenalty: numField(body, 'frequency_penalty', undefined, R.frequency_penalty.min, R.frequency_penalty.max),
+      logitBias: logitBiasField(body, lim.vocabSize),
+      // unseeded requests sample with seed 0, as `adaptkit generate` does; choice i uses seed + i
+      seed,
+      stop: stopField(body),
+      logprobs,
+    },
+  };
+}
+
+/** OpenAI's legacy completions `logprobs` object. */
+function completionLogprobs(lp: TokenLogprob[], offsetBase = 0) {
+  return {
+    tokens: lp.map((t) => t.token),
+    token_logprobs: lp.map((t) => t.logprob),
+    // the k most likely tokens and, as OpenAI does, always the sampled one
+    top_logprobs: lp.map((t) => Object.fromEntries([...t.top.map((a) => [a.token, a.logprob] as const), [t.token, t.logprob] as const])),
+    text_offset: lp.map((t) => offsetBase + t.offset),
+  };
+}
+
+/** OpenAI's chat `logprobs` object. */
+const chatLogprobs = (lp: TokenLogprob[]) => ({
+  content: lp.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes, top_logprobs: t.top.map((a) => ({ token: a.token, logprob: a.logprob, bytes: a.bytes })) })),
+  refusal: null,
+});
 
 /** Hash both sides so the comparison takes the same time whatever the lengths and contents. */
 const sha256 = (s: string) => createHash('sha256').update(s, 'utf8').digest();
@@ -376,6 +551,8 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
   // its headers or body in must not hold a connection for ever (responses may stream for longer)
   const app = Fastify({ bodyLimit: o.bodyLimit ?? Math.max(1 << 20, 2 * maxPromptBytes + (64 << 10)), requestTimeout: 60_000, logger: false });
   const counters = { requests: new Map<string, number>() };
+  // what the model objects report as their creation time
+  const startedAt = Math.floor(Date.now() / 1000);
   let closing = false;
   const count = (code: number) => counters.requests.set(String(code), (counters.requests.get(String(code)) ?? 0) + 1);
   const keyDigest = o.apiKey ? sha256(o.apiKey) : null;
@@ -385,7 +562,7 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     const message = status === 500 ? `internal error: ${err.message}` : err.message;
     count(status);
     if (status === 429) void reply.header('retry-after', '1');
-    void reply.status(status).send({ error: { message, type: err instanceof HttpError ? err.type : status === 401 ? 'authentication_error' : 'invalid_request_error', param: err instanceof HttpError ? err.param : null, code: null } });
+    void reply.status(status).send(errorBody(message, err instanceof HttpError ? err.type : status === 401 ? 'authentication_error' : 'invalid_request_error', err instanceof HttpError ? err.param : null, err instanceof HttpError ? err.code : null));
   });
 
   const authenticate = (req: FastifyRequest): void => {
@@ -414,27 +591,22 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     if (bytes > maxPromptBytes) throw new HttpError(400, `the prompt has ${bytes} bytes, more than the limit of ${maxPromptBytes}`, 'invalid_request_error', param);
   };
 
+  const limits = { maxTokens: o.maxTokensLimit, maxN: Math.min(MAX_CHOICES, o.engine.maxBatch), vocabSize: info.vocabSize };
+
   const generate = async (req: FastifyRequest, reply: FastifyReply, chat: boolean) => {
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
+    // each choice is a sequence of its own in the engine
+    let ids = [id];
     // from here on a client that leaves stops its request, whether it waits for tokens or for the end
     let gone = false;
     reply.raw.once('close', () => {
       gone = true;
-      client.cancel(id);
+      for (const x of ids) client.cancel(x);
     });
     const body = req.body as Record<string, unknown> | null;
     if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     const adapter = adapterOf(body.model);
-    if (intField(body, 'n', 1, 1, 1) !== 1) throw new HttpError(400, 'only n = 1 is supported', 'invalid_request_error', 'n');
-    const maxTokens = intField(body, 'max_tokens', chat ? Math.min(256, o.maxTokensLimit) : 16, 1, o.maxTokensLimit);
-    const sampling = {
-      temperature: numField(body, 'temperature', 1, 0, 2)!,
-      topP: numField(body, 'top_p', undefined, 0, 1),
-      topK: body.top_k === undefined ? undefined : intField(body, 'top_k', 0, 1, 1 << 20),
-      repetitionPenalty: numField(body, 'repetition_penalty', undefined, 0.01, 10),
-      seed: body.seed === undefined ? undefined : intField(body, 'seed', 0, 0, 2 ** 31 - 1),
-      stop: stopField(body),
-    };
+    const p = parseRequest(body, chat, limits);
     // the byte bound comes first: what is tokenized is never more than the limits allow; and
     // prompts waiting for the tokenizer count against the queue like requests waiting for the engine
     if (tokenizer.pending >= o.engine.maxQueue) throw new HttpError(429, 'the server is busy: the request queue is full', 'rate_limit_error');
@@ -457,72 +629,114 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
       count(CLIENT_GONE);
       return reply.hijack();
     }
-    const greq: GenerationRequest = { id, promptIds, adapter, maxTokens, ...sampling };
+    if (p.n > 1) ids = Array.from({ length: p.n }, (_, i) => `${id}-${i}`);
+    const greqs: GenerationRequest[] = ids.map((x, i) => ({ id: x, promptIds, adapter, maxTokens: p.maxTokens, ...p.sampling, seed: (p.sampling.seed ?? 0) + i }));
+    const echoed = p.echo ? (body.prompt as string) : '';
     const created = Math.floor(Date.now() / 1000);
     const model = String(body.model);
     const object = chat ? 'chat.completion' : 'text_completion';
-    const usage = (d: DoneEvent) => ({ prompt_tokens: d.promptTokens, completion_tokens: d.completionTokens, total_tokens: d.promptTokens + d.completionTokens });
-    if (body.stream === true) {
+    const usage = (completionTokens: number) => ({ prompt_tokens: promptIds.length, completion_tokens: completionTokens, total_tokens: promptIds.length + completionTokens });
+    const wantLogprobs = p.sampling.logprobs !== undefined;
+    // one choice failed: the others are no use to anyone
+    const dropAll = () => {
+      for (const x of ids) client.cancel(x);
+    };
+
+    if (p.stream) {
       return new Promise<void>((resolve) => {
         let started = false;
+        let over = false;
+        let left = p.n;
+        let completionTokens = 0;
+        const opened = new Array<boolean>(p.n).fill(false);
         const start = () => {
           if (started) return;
           started = true;
           reply.hijack();
           reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
         };
-        const send = (obj: unknown) => reply.raw.write(`data: ${JSON.stringify(obj)}\n\n`);
-        const chunk = (text: string | null, finish: string | null) => chat
-          ? { id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: text === null ? {} : { content: text }, finish_reason: finish }] }
-          : { id, object: 'text_completion', created, model, choices: [{ index: 0, text: text ?? '', finish_reason: finish, logprobs: null }] };
-        client.submit(greq, true, {
-          onToken: (t) => {
-            if (!started) {
-              start();
-              if (chat) send({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
-            }
-            send(chunk(t, null));
+        // with include_usage every chunk has a usage field, null until the last, as OpenAI sends them
+        const send = (choice: Record<string, unknown> | null) => reply.raw.write(`data: ${JSON.stringify({
+          id, object: chat ? 'chat.completion.chunk' : 'text_completion', created, model, choices: choice ? [choice] : [],
+          ...(p.includeUsage ? { usage: choice ? null : usage(completionTokens) } : {}),
+        })}\n\n`);
+        const piece = (index: number, text: string | null, finish: string | null, lp?: TokenLogprob[]) => chat
+          ? { index, delta: text === null ? {} : { content: text }, logprobs: wantLogprobs && lp?.length ? chatLogprobs(lp) : null, finish_reason: finish }
+          : { index, text: text ?? '', logprobs: wantLogprobs && lp?.length ? completionLogprobs(lp) : null, finish_reason: finish };
+        // a choice opens with the assistant's role (chat) or the echoed prompt (completions)
+        const open = (index: number) => {
+          start();
+          if (opened[index]) return;
+          opened[index] = true;
+          if (chat) send({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+          else if (p.echo) send(piece(index, echoed, null));
+        };
+        greqs.forEach((g, index) => client.submit(g, true, {
+          onToken: (e) => {
+            if (over) return;
+            open(index);
+            send(piece(index, e.text, null, e.logprobs));
           },
           onDone: (d) => {
-            start();
-            send({ ...chunk(null, d.finishReason), usage: usage(d) });
+            if (over) return;
+            open(index);
+            send(piece(index, chat ? null : '', d.finishReason));
+            completionTokens += d.completionTokens;
+            if (--left > 0) return;
+            over = true;
+            if (p.includeUsage) send(null);
             reply.raw.end('data: [DONE]\n\n');
             count(200);
             resolve();
           },
           onError: (status, message) => {
+            if (over) return;
+            over = true;
+            dropAll();
             if (status === CLIENT_GONE) {
               count(status);
               if (!started) reply.hijack();
             } else if (!started) {
               count(status);
               if (status === 429) void reply.header('retry-after', '1');
-              void reply.status(status).send({ error: { message, type: status === 429 ? 'rate_limit_error' : 'invalid_request_error', param: null, code: null } });
+              const k = engineErrorKind(status);
+              void reply.status(status).send(errorBody(message, k.type, null, k.code));
             } else {
-              send({ error: { message } });
+              reply.raw.write(`data: ${JSON.stringify(errorBody(message, engineErrorKind(status).type))}\n\n`);
               reply.raw.end();
             }
             resolve();
           },
-        });
+        }));
       });
     }
-    const done = await new Promise<DoneEvent | null>((resolve, reject) => {
-      client.submit(greq, false, {
-        onToken: () => {},
-        onDone: resolve,
-        onError: (status, message) => status === CLIENT_GONE ? resolve(null) : reject(new HttpError(status, message, status === 429 ? 'rate_limit_error' : 'invalid_request_error')),
-      });
-    });
-    if (!done) {
+
+    let dones: (DoneEvent | null)[];
+    try {
+      dones = await Promise.all(greqs.map((g) => new Promise<DoneEvent | null>((resolve, reject) => {
+        client.submit(g, false, {
+          onToken: () => {},
+          onDone: resolve,
+          onError: (status, message) => {
+            if (status === CLIENT_GONE) return resolve(null);
+            const k = engineErrorKind(status);
+            reject(new HttpError(status, message, k.type, null, k.code));
+          },
+        });
+      })));
+    } catch (e) {
+      dropAll();
+      throw e;
+    }
+    if (dones.some((d) => d === null)) {
       count(CLIENT_GONE);
       return reply.hijack();
     }
     count(200);
-    const choice = chat
-      ? { index: 0, message: { role: 'assistant', content: done.text }, finish_reason: done.finishReason }
-      : { index: 0, text: done.text, finish_reason: done.finishReason, logprobs: null };
-    return { id, object, created, model, choices: [choice], usage: usage(done) };
+    const choices = (dones as DoneEvent[]).map((d, index) => chat
+      ? { index, message: { role: 'assistant', content: d.text, refusal: null }, logprobs: wantLogprobs ? chatLogprobs(d.logprobs ?? []) : null, finish_reason: d.finishReason }
+      : { index, text: echoed + d.text, logprobs: wantLogprobs ? completionLogprobs(d.logprobs ?? []) : null, finish_reason: d.finishReason });
+    return { id, object, created, model, choices, usage: usage((dones as DoneEvent[]).reduce((n, d) => n + d.completionTokens, 0)) };
   };
 
   const adapterName = (v: unknown, loading: boolean): string => {
@@ -542,16 +756,23 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
     v1.post('/completions', (req, reply) => generate(req, reply, false));
     v1.post('/chat/completions', (req, reply) => generate(req, reply, true));
 
+    // OpenAI's model object; `root` and `parent` are vLLM's, saying what an adapter is served on
+    const modelObject = (id: string) => id === o.servedModelName
+      ? { id, object: 'model', created: startedAt, owned_by: 'adaptkit', root: o.model, parent: null }
+      : { id, object: 'model', created: startedAt, owned_by: 'adaptkit', root: id, parent: o.servedModelName };
+
     v1.get('/models', async () => {
       const names = await client.call<string[]>({ type: 'list' });
-      const created = Math.floor(Date.now() / 1000);
-      return {
-        object: 'list',
-        data: [
-          { id: o.servedModelName, object: 'model', created, owned_by: 'adaptkit', root: o.model, parent: null },
-          ...names.map((n) => ({ id: n, object: 'model', created, owned_by: 'adaptkit', root: n, parent: o.servedModelName })),
-        ],
-      };
+      return { object: 'list', data: [o.servedModelName, ...names].map(modelObject) };
+    });
+
+    // a wildcard, so a served name with a slash in it (an org/model id) is found however it is escaped
+    v1.get('/models/*', async (req) => {
+      const id = (req.params as { '*': string })['*'];
+      if (id !== o.servedModelName && !(await client.call<string[]>({ type: 'list' })).includes(id)) {
+        throw new HttpError(404, `The model '${id.slice(0, 200)}' does not exist`, 'invalid_request_error', 'model', 'model_not_found');
+      }
+      return modelObject(id);
     });
 
     if (!loraRoot) {

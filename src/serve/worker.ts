@@ -85,7 +85,8 @@ async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise
           engine.submit(
             m.req,
             m.stream ? (ev) => post({ type: 'token', ...ev }) : () => {},
-            (ev) => post({ type: 'done', ...ev }),
+            // a stream has had every token's log-probabilities with its text already
+            (ev) => post(m.stream ? { type: 'done', ...ev, logprobs: undefined } : { type: 'done', ...ev }),
             (err) => post({ type: 'error', id: m.req.id, status: status(err), message: err.message }),
           );
           schedule();
