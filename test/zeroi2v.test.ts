@@ -243,6 +243,16 @@ describe('ZeroI2V linear adapters', () => {
     const fresh = new AdapterModel(ak.loadModel(bin).model);
     fresh.load(join(tmp, 'stories-lora'), 'lora');
     assertSame(logits(fresh, ids), adapted, 'exported LoRA');
+
+    // the same export through `adaptkit merge --as lora`, and a method that has no such export
+    const asLora = cli(['merge', '--model', bin, '--adapter', join(out, 'adapter'), '--as', 'lora', '--out', join(tmp, 'cli-lora')]);
+    assert.equal(asLora.status, 0, asLora.stderr);
+    const viaCli = new AdapterModel(ak.loadModel(bin).model);
+    viaCli.load(join(tmp, 'cli-lora'), 'lora');
+    assertSame(logits(viaCli, ids), adapted, 'exported by the CLI');
+    const refusedExport = cli(['merge', '--model', bin, '--adapter', join(tmp, 'cli-lora'), '--as', 'ia3', '--out', join(tmp, 'no')]);
+    assert.equal(refusedExport.status, 1);
+    assert.match(refusedExport.stderr, /\(LORA\) cannot be written as IA3/);
   });
 
   it('cleans up', () => rmSync(tmp, { recursive: true, force: true }));

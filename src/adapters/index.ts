@@ -10,6 +10,7 @@ import './methods/lowbit.js';
 import './methods/zeroi2v.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
+export { exportAdapter } from './peft-io.js';
 export {
   registerMethod, getMethod, methodNames, registeredMethods, presetNames, resolvePreset, methodOptions, isMergeable,
 } from './registry.js';

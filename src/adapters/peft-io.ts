@@ -91,3 +91,22 @@ export function loadAdapter(am: AdapterModel, dir: string, name: string): Adapte
   }
   return inst;
 }
+
+/** Save an adapter converted to another method's form (its `exports` capability), as a PEFT folder. */
+export function exportAdapter(am: AdapterModel, name: string, peftType: string, dir: string): void {
+  const inst = am.adapters.get(name);
+  if (!inst) throw new AdaptkitError(`no adapter named "${name}"`);
+  const target = getMethod(peftType);
+  const convert = inst.method.exports?.[target.peftType];
+  if (!convert) {
+    const known = Object.keys(inst.method.exports ?? {});
+    throw new AdaptkitError(`adapter "${name}" (${inst.method.peftType}) cannot be written as ${target.peftType}${known.length ? ` (it can be written as: ${known.join(', ')})` : ''}`);
+  }
+  const { config, tensors } = convert(am, name);
+  try {
+    writeFileAtomic(join(dir, 'adapter_model.safetensors'), serializeSafetensors(Object.fromEntries(tensors), { metadata: { format: 'pt' } }));
+    writeFileAtomic(join(dir, 'adapter_config.json'), Buffer.from(pythonJson(config, target.floatKeys ?? [])));
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}

@@ -8,6 +8,7 @@
  */
 import type { AdapterDescriptor, Linear, Module, TargetSpec } from '../nn/index.js';
 import type { Rng, Tensor } from '../tensor/index.js';
+import type { AdapterModel } from './adapter-model.js';
 
 export type RawAdapterConfig = Record<string, unknown>;
 
@@ -209,6 +210,11 @@ export interface AdapterMethod {
   readonly mergeable?: boolean | ((inst: AdapterInstance) => boolean);
   /** Capability: mixed batches and the server apply several adapters of this method per row. */
   readonly rowBatched?: RowBatchedForm;
+  /**
+   * Capability: the adapter rewritten exactly as an adapter of another method, by that method's
+   * peft_type (ZeroI2V's folded weight change as a LoRA).
+   */
+  readonly exports?: Readonly<Record<string, (am: AdapterModel, name: string) => { config: RawAdapterConfig; tensors: Map<string, Tensor> }>>;
   /** Capability: weighted combination of adapters of this method into a new one. */
   combine?(target: CombineTarget, names: readonly string[], weights: readonly number[], newName: string, o: CombineOptions): AdapterInstance;
   /** Names of the combinations `combine` knows. */

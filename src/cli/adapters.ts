@@ -5,7 +5,7 @@ import { basename, join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { describeModel } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { AdapterModel, addWeightedAdapter, defaultTargetsFor, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
+import { AdapterModel, addWeightedAdapter, defaultTargetsFor, exportAdapter, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
 import { adapterWeightsFile, readAdapterConfig } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
@@ -59,6 +59,7 @@ export function registerAdapterCommands(program: Command): void {
     .description('fold an adapter into the base weights (--adapter), or combine adapters into a new one (--adapters a:w,b:w)')
     .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
     .option('--adapter <dir>', 'adapter to merge into a standalone model folder')
+    .option('--as <peft_type>', 'with --adapter: write the adapter converted to another method (e.g. LORA) instead of merging it')
     .option('--adapters <list>', 'adapters to combine, as dir:weight,dir:weight')
     .option('--method <name>', `combination: ${[...new Set(registeredMethods().flatMap((m) => m.combinations ?? []))].join(', ')}`, 'linear')
     .option('--density <d>', 'fraction kept by ties / dare / magnitude_prune', '1')
@@ -66,11 +67,19 @@ export function registerAdapterCommands(program: Command): void {
     .option('--seed <s>', 'seed for dare', '0')
     .requiredOption('--out <dir>', 'output folder')
     .option('--overwrite', 'replace files in a non-empty output folder')
-    .action(async (o: { model: string; adapter?: string; adapters?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean }) => {
+    .action(async (o: { model: string; adapter?: string; as?: string; adapters?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean }) => {
       if (!!o.adapter === !!o.adapters) throw new AdaptkitError('merge needs exactly one of --adapter and --adapters');
       const modelPath = await resolveModel(o.model);
       const loaded = loadModel(modelPath);
       const am = new AdapterModel(loaded.model);
+      if (o.adapter && o.as) {
+        const name = basename(o.adapter).replace(/[^\w.-]/g, '_') || 'adapter';
+        am.load(o.adapter, name);
+        if (existsSync(o.out) && readdirSync(o.out).length > 0 && !o.overwrite) throw new AdaptkitError(`${o.out} is not empty (pass --overwrite)`);
+        exportAdapter(am, name, o.as.toUpperCase(), o.out);
+        console.log(`wrote ${o.adapter} as a ${o.as.toUpperCase()} adapter to ${o.out}`);
+        return;
+      }
       if (o.adapter) {
         am.load(o.adapter, basename(o.adapter).replace(/[^\w.-]/g, '_') || 'adapter');
         const merged = am.merge();

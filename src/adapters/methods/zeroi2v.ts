@@ -284,6 +284,7 @@ const PLACES_OPTION: MethodOption = {
 };
 
 export const ZEROI2V: AdapterMethod = {
+  exports: { LORA: (am, name) => zeroi2vToLora(am, name) },
   peftType: 'ZEROI2V',
   description: 'linear bottleneck adapters at attention and MLP inputs and outputs, folded into the projections after training (ZeroI2V, Li et al. 2024)',
   kind: 'tuner',
