@@ -8,9 +8,15 @@ import './methods/prefix-tuning.js';
 import './methods/mosa.js';
 import './methods/lowbit.js';
 import './methods/zeroi2v.js';
+import './methods/mask-tuning.js';
+import './methods/sparse-diff.js';
+import './methods/s2ft.js';
+import './methods/lt-sft.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export { exportAdapter } from './peft-io.js';
+export { composeSparse, readSparseDiff } from './methods/sparse-diff.js';
+export { trainLtSft } from './methods/lt-sft.js';
 export {
   registerMethod, getMethod, methodNames, registeredMethods, presetNames, resolvePreset, methodOptions, isMergeable,
 } from './registry.js';

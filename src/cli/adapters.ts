@@ -5,7 +5,7 @@ import { basename, join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { describeModel } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { AdapterModel, addWeightedAdapter, defaultTargetsFor, exportAdapter, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
+import { AdapterModel, addWeightedAdapter, composeSparse, defaultTargetsFor, exportAdapter, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
 import { adapterWeightsFile, readAdapterConfig } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
@@ -59,16 +59,28 @@ export function registerAdapterCommands(program: Command): void {
     .description('fold an adapter into the base weights (--adapter), or combine adapters into a new one (--adapters a:w,b:w)')
     .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
     .option('--adapter <dir>', 'adapter to merge into a standalone model folder')
-    .option('--as <peft_type>', 'with --adapter: write the adapter converted to another method (e.g. LORA) instead of merging it')
+    .option('--as <peft_type>', 'with --adapter: write the adapter converted to the format of another method it can export to, instead of merging it')
     .option('--adapters <list>', 'adapters to combine, as dir:weight,dir:weight')
+    .option('--sparse <list>', 'sparse differences (saved by sparse fine-tuning methods) to compose by addition, as dir,dir')
+    .option('--subtract <list>', 'with --sparse: sparse differences to revert (subtract), as dir,dir')
     .option('--method <name>', `combination: ${[...new Set(registeredMethods().flatMap((m) => m.combinations ?? []))].join(', ')}`, 'linear')
     .option('--density <d>', 'fraction kept by ties / dare / magnitude_prune', '1')
     .option('--svd-rank <r>', 'rank of the svd combination')
     .option('--seed <s>', 'seed for dare', '0')
     .requiredOption('--out <dir>', 'output folder')
     .option('--overwrite', 'replace files in a non-empty output folder')
-    .action(async (o: { model: string; adapter?: string; as?: string; adapters?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean }) => {
-      if (!!o.adapter === !!o.adapters) throw new AdaptkitError('merge needs exactly one of --adapter and --adapters');
+    .action(async (o: { model: string; adapter?: string; as?: string; adapters?: string; sparse?: string; subtract?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean }) => {
+      if ([o.adapter, o.adapters, o.sparse].filter(Boolean).length !== 1) throw new AdaptkitError('merge needs exactly one of --adapter, --adapters and --sparse');
+      if (o.subtract && !o.sparse) throw new AdaptkitError('--subtract goes with --sparse');
+      if (o.sparse) {
+        const list = (v: string | undefined) => (v ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+        if (existsSync(o.out) && readdirSync(o.out).length > 0 && !o.overwrite) throw new AdaptkitError(`${o.out} is not empty (pass --overwrite)`);
+        const r = composeSparse(list(o.sparse), { subtract: list(o.subtract), out: o.out, overwrite: o.overwrite });
+        // the composed difference must fit this base: loading checks every weight's checksum and shape
+        new AdapterModel(loadModel(await resolveModel(o.model)).model).load(o.out, 'composed');
+        console.log(`wrote the sum of ${list(o.sparse).length} sparse differences${o.subtract ? ` minus ${list(o.subtract).length}` : ''} to ${o.out} (${r.tensors} weights, ${r.nnz} entries)`);
+        return;
+      }
       const modelPath = await resolveModel(o.model);
       const loaded = loadModel(modelPath);
       const am = new AdapterModel(loaded.model);
