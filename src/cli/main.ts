@@ -126,6 +126,26 @@ export async function main(argv: string[]): Promise<number> {
       runServeBench({ counts: o.adapters.split(',').map(Number), quick: o.quick });
     });
 
+  bench
+    .command('methods')
+    .description('adapter methods side by side on stories260K tasks over seeds: held-out metric, parameters, bytes, train and inference tokens/s, peak RSS')
+    .option('--tasks <list>', 'comma-separated tasks: sms, agnews, banking77, gsm8k (default: all four)')
+    .option('--methods <list>', 'comma-separated method names: the reference rows lora, ia3, bottleneck, prompt (the default) or any registered preset')
+    .option('--configs <file>', 'JSON list of method entries {name, method, options, config, match_params_of, lr} (see docs/methods.md)')
+    .option('--seeds <n>', 'seeds per method (default 3; --quick: 1)')
+    .option('--steps <n>', 'training steps on every task (default: each task\'s own)')
+    .option('--train-examples <n>', 'at most this many training examples per task (the first of the fixed split)')
+    .option('--held-out <n>', 'at most this many held-out examples per task (the first of the fixed split)')
+    .option('--quick', 'smoke test: 1 seed, 5 steps, 64 training and 24 held-out examples')
+    .option('--data-dir <dir>', 'offline data folder (default: $ADAPTKIT_DATA, else ../shared/data)')
+    .option('--out <dir>', 'keep the run folders (adapters, metrics) here instead of a temporary folder')
+    .option('--json', 'print only the JSON lines (no Markdown table on stdout)')
+    .option('--markdown <file>', 'write the Markdown table to this file')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { runMethodsCli } = await import('../../bench/methods.js');
+      await runMethodsCli(o);
+    });
+
   try {
     await program.parseAsync(argv);
     return 0;
