@@ -186,7 +186,7 @@ describe('training runs', () => {
   });
 
   it('the SMS demo lifts held-out accuracy well above the base model (short run)', () => {
-    const r = ak.runDemo({ task: 'sms', outDir: join(tmp, 'demo'), steps: 40 });
+    const r = ak.runDemo({ task: 'sms', outDir: join(tmp, 'demo'), steps: 60 });
     assert.ok(r.before < 0.3, `base accuracy ${r.before}`);
     assert.ok(r.after > 0.9, `adapted accuracy ${r.after}`);
     assert.equal(r.eval_examples, 1000);

@@ -4,17 +4,21 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { AdapterModel, type MethodOption, type PresetOptions, methodNames, methodOptions, presetNames, registeredMethods, resolvePreset } from '../adapters/index.js';
+import {
+  AdapterModel, type MethodOption, type PresetOptions, adapterWeightsFile, methodNames, methodOptions, peftKey, presetNames, readAdapterConfig, registeredMethods, resolvePreset,
+} from '../adapters/index.js';
+import { SafetensorsFile } from '../io/safetensors.js';
 import { describeModel } from '../nn/index.js';
-import { loadAnyModel, loadModel, loadTokenizer } from '../models/load.js';
-import { classificationExamples } from '../train/classify.js';
+import { type CausalModel, loadAnyModel, loadTokenizer } from '../models/load.js';
+import { CausalLMForSequenceClassification, DECODER_CLASSIFIER_HEAD } from '../models/sequence-classification.js';
+import { type Classifier, classificationAccuracy, classificationExamples } from '../train/classify.js';
 import { StreamingExamples } from '../train/stream.js';
-import { readRecords, type ReadOptions } from '../train/data.js';
-import { type Example, fitExamples, splitExamples, toExample } from '../train/examples.js';
+import { type DataRecord, readRecords, type ReadOptions } from '../train/data.js';
+import { DEFAULT_LABEL_CUE, type Example, type LabelWords, fitExamples, readLabelWords, splitExamples, toExample } from '../train/examples.js';
 import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
-import { FULL_FINE_TUNING, labelFirstTokens, runTraining } from '../train/run.js';
+import { FULL_FINE_TUNING, LABELS_FILE, labelSequences, labelsInOrder, readLabelsFile, runTraining } from '../train/run.js';
 import { type DemoTask, demoModelDir, runDemo } from '../train/demo.js';
 import { dataDir } from '../io/data.js';
 import type { ScheduleName } from '../train/schedule.js';
@@ -44,6 +48,7 @@ interface DataFlags {
   seqLen: string;
   truncate: boolean;
   labelCue?: string;
+  labelWords?: string;
 }
 
 function addDataOptions(c: Command): Command {
@@ -58,10 +63,20 @@ function addDataOptions(c: Command): Command {
     .option('--skip-bad-lines', 'skip (and count) malformed lines instead of stopping at the first')
     .option('--seq-len <n>', 'longest sequence in tokens', '256')
     .option('--no-truncate', 'fail on examples longer than --seq-len instead of cutting them (with a warning)')
-    .option('--label-cue <text>', 'text between a classification input and its label', '\nLabel:');
+    .option('--label-cue <text>', 'text between a classification input and its label', DEFAULT_LABEL_CUE)
+    .option('--label-words <file>', 'label map: train on (and score) these words instead of the label names; a JSON object {"label": "words"} or a TSV of label<TAB>words lines');
 }
 
-function loadExamples(f: DataFlags, tok: Parameters<typeof toExample>[1], chat: { template: string | null }): { examples: Example[]; labels: string[] } {
+/** The label map of --label-words, checked to cover every label of the data. */
+function labelWordsFor(f: DataFlags, labels: readonly string[]): Map<string, string> | undefined {
+  if (!f.labelWords) return undefined;
+  const words = readLabelWords(f.labelWords);
+  const missing = labels.filter((l) => !words.has(l));
+  if (missing.length) throw new AdaptkitError(`--label-words ${f.labelWords} has no words for label(s) ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+  return words;
+}
+
+function readData(f: DataFlags): DataRecord[] {
   if (f.format && !['jsonl', 'csv', 'tsv'].includes(f.format)) throw new AdaptkitError(`--format must be jsonl, csv or tsv, got "${f.format}"`);
   const ro: ReadOptions = {
     format: f.format as ReadOptions['format'], textColumn: f.textColumn, labelColumn: f.labelColumn,
@@ -69,11 +84,35 @@ function loadExamples(f: DataFlags, tok: Parameters<typeof toExample>[1], chat: 
   };
   const { records, skipped, skippedReasons } = readRecords(f.data, ro);
   if (skipped) process.stderr.write(`adaptkit: skipped ${skipped} bad line(s) of ${f.data}, e.g. ${skippedReasons[0]}\n`);
-  const ex = records.map((r) => toExample(r, tok, { labelCue: f.labelCue, chatTemplate: chat.template }));
+  return records;
+}
+
+function recordLabels(records: readonly DataRecord[]): string[] {
+  return [...new Set(records.map((r) => (r.kind === 'label' ? r.label : null)).filter((l): l is string => l !== null))].sort();
+}
+
+function loadExamples(
+  f: DataFlags, tok: Parameters<typeof toExample>[1], chat: { template: string | null }, labelWords?: LabelWords,
+): { examples: Example[]; labels: string[]; labelWords?: LabelWords } {
+  const records = readData(f);
+  const words = labelWords ?? labelWordsFor(f, recordLabels(records));
+  const ex = records.map((r) => toExample(r, tok, { labelCue: f.labelCue, labelWords: words, chatTemplate: chat.template }));
   const { examples, truncated } = fitExamples(ex, int('seq-len', f.seqLen, 2), f.truncate, f.data);
   if (truncated) process.stderr.write(`adaptkit: warning: ${truncated} example(s) longer than ${f.seqLen} tokens were truncated (--no-truncate makes this an error)\n`);
   const labels = [...new Set(examples.map((e) => e.label).filter((l): l is string => l !== undefined))].sort();
-  return { examples, labels };
+  return { examples, labels, labelWords: words };
+}
+
+/** Rows of the classification head an adapter saves as modules_to_save, or null if it saves none. */
+function savedHeadLabels(adapterDir: string, head: string | undefined): number | null {
+  if (!head) return null;
+  const f = new SafetensorsFile(adapterWeightsFile(adapterDir));
+  try {
+    const key = peftKey(head, 'weight');
+    return f.keys().includes(key) ? f.info(key).shape[0]! : null;
+  } finally {
+    f.close();
+  }
 }
 
 function readJsonObject(file: string): Record<string, unknown> {
@@ -142,6 +181,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--val-data <file>', 'validation data file (with --stream)')
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
     .option('--seed <n>', 'seed for data order, initialization and dropout', '0')
+    .option('--classification-head', `classify with a linear head on the last token's hidden state of a decoder (Llama family, GPT-2) instead of label words; the head trains as PEFT's modules_to_save "${DECODER_CLASSIFIER_HEAD}" with task_type SEQ_CLS`)
     .option('--json', 'JSON-lines metrics even on a terminal');
   const train = program.commands.find((c) => c.name() === 'train')!;
   for (const opt of methodOptions()) train.option(`--${opt.name} <${opt.type === 'list' ? 'list' : 'x'}>`, opt.description);
@@ -157,29 +197,35 @@ export function registerTrainCommands(program: Command): void {
       if (!['constant', 'linear', 'cosine'].includes(sched)) throw new AdaptkitError(`--schedule must be constant, linear or cosine, got "${sched}"`);
       if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new AdaptkitError(`--optimizer must be adamw or sgd, got "${o.optimizer}"`);
       const modelPath = await resolveModel(String(o.model));
-      const { model } = loadAnyModel(modelPath);
+      const { model: loaded } = loadAnyModel(modelPath);
+      // an encoder with a classification head already has one; a decoder gets `score`
+      const model = o.classificationHead && describeModel(loaded).task === 'causal-lm' ? new CausalLMForSequenceClassification(loaded as CausalModel, 2) : loaded;
       const classifier = describeModel(model).task === 'sequence-classification';
+      if (classifier && o.labelWords) throw new AdaptkitError('--label-words is for label-word training; a classification head predicts label indices, not words');
       if (o.gradientCheckpointing && !classifier) (model as { gradientCheckpointing: boolean }).gradientCheckpointing = true;
       const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
       let examples: Example[];
       let labels: string[];
+      let labelWords: LabelWords | undefined;
       const seqLen = int('seq-len', o.seqLen, 2);
       let stream: StreamingExamples | null = null;
       if (o.stream) {
         if (classifier) throw new AdaptkitError('--stream is for language-model data, not classification heads');
-        stream = new StreamingExamples(o.data, (r) => fitExamples([toExample(r, tok, { labelCue: o.labelCue, chatTemplate: chat.template })], seqLen, true).examples[0]!, {
+        // a streamed file's labels are not known up front: a label missing from the map fails when read
+        labelWords = o.labelWords ? readLabelWords(o.labelWords) : undefined;
+        stream = new StreamingExamples(o.data, (r) => fitExamples([toExample(r, tok, { labelCue: o.labelCue, labelWords, chatTemplate: chat.template })], seqLen, true).examples[0]!, {
           seed: int('seed', String(o.seed)), skipBadLines: o.skipBadLines,
         });
-        examples = o.valData ? loadExamples({ ...o, data: String(o.valData) }, tok, chat).examples : [];
+        examples = o.valData ? loadExamples({ ...o, data: String(o.valData) }, tok, chat, labelWords).examples : [];
         labels = [];
       } else if (classifier) {
-        // an encoder with a classification head: the text alone in, the label's index out
-        const { records } = readRecords(o.data, { format: o.format as ReadOptions['format'], textColumn: o.textColumn, labelColumn: o.labelColumn, header: o.header !== false, quote: o.quote !== false, skipBadLines: o.skipBadLines });
-        labels = [...new Set(records.map((r) => (r.kind === 'label' ? r.label : '')))].filter(Boolean).sort();
-        examples = classificationExamples(records, tok, labels, int('seq-len', o.seqLen, 2));
+        // a model with a classification head: the text alone in, the label's index out
+        const records = readData(o);
+        labels = recordLabels(records);
+        examples = classificationExamples(records, tok, labels, seqLen);
       } else {
-        ({ examples, labels } = loadExamples(o, tok, chat));
+        ({ examples, labels, labelWords } = loadExamples(o, tok, chat));
       }
       const seed = int('seed', String(o.seed));
       const val = num('val-split', String(o.valSplit));
@@ -209,10 +255,13 @@ export function registerTrainCommands(program: Command): void {
         checkpointEvery: int('checkpoint-every', String(o.checkpointEvery)), keepCheckpoints: int('keep-checkpoints', String(o.keepCheckpoints), 1),
         bucket: !!o.bucket, pack: !!o.pack, maxLen: int('seq-len', o.seqLen, 2),
       };
-      const identity = { model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config } };
+      const identity = {
+        model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
+        labelWords: o.labelWords, classificationHead: o.classificationHead || undefined,
+      };
       const r = runTraining({
         model, tokenizer: tok, method: String(o.method), methodOptions: methodOpts, adapterConfig, train, validation, outDir: String(o.out),
-        config, resume: !!o.resume, overwrite: !!o.overwrite, labels: labels.length ? labels : undefined,
+        config, resume: !!o.resume, overwrite: !!o.overwrite, labels: labels.length ? labels : undefined, labelWords, labelCue: o.labelCue,
         progress: makeProgress(steps, { json: !!o.json }), identity,
       });
       process.stderr.write(`adaptkit: trained ${r.result.steps} steps in ${r.result.seconds.toFixed(1)} s; adapter in ${r.adapterDir}, curves in ${join(String(o.out), 'curves.svg')}\n`);
@@ -228,25 +277,58 @@ export function registerTrainCommands(program: Command): void {
     .option('--max-new-tokens <n>', 'answer length for --exact-match', '128')
     .option('--limit <n>', 'evaluate only the first N examples')
     .option('--json', 'print JSON')
-    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string }) => {
+    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string }, cmd: Command) => {
       const modelPath = await resolveModel(o.model);
-      const { model } = loadModel(modelPath);
+      const { model: loaded } = loadAnyModel(modelPath);
+      const adapterConfig = o.adapter ? readAdapterConfig(o.adapter) : null;
+      const saved = o.adapter ? readLabelsFile(o.adapter) : null;
+      const savedLabels = saved ? labelsInOrder(saved) : null;
+      // an adapter trained with a decoder classification head carries `score` as modules_to_save
+      const headAdapter = adapterConfig?.task_type === 'SEQ_CLS' && Array.isArray(adapterConfig.modules_to_save) && adapterConfig.modules_to_save.includes(DECODER_CLASSIFIER_HEAD);
+      const model = headAdapter && describeModel(loaded).task === 'causal-lm' ? new CausalLMForSequenceClassification(loaded as CausalModel, 2) : loaded;
       const tok = loadTokenizer(modelPath, o.tokenizer, model.config.vocabSize);
-      const am = new AdapterModel(model);
-      if (o.adapter) am.load(o.adapter);
-      const all = loadExamples(o, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null });
-      const limit = o.limit === undefined ? all.examples.length : int('limit', o.limit, 1);
-      const examples = all.examples.slice(0, limit);
-      const labels = all.labels;
-      const pad = tok.eosId ?? 0;
-      const l = evaluateLoss(am, examples, pad, int('batch-size', o.batchSize, 1));
-      const out: Record<string, number> = { examples: examples.length, loss: l.loss, perplexity: l.perplexity, tokens: l.tokens };
-      if (labels.length > 1) out.accuracy = labelAccuracy(am, examples, labelFirstTokens(examples, labels), pad).accuracy;
-      if (o.exactMatch) {
-        const items = readRecords(o.data, { format: o.format as ReadOptions['format'], skipBadLines: o.skipBadLines }).records
-          .filter((r): r is Extract<typeof r, { kind: 'completion' }> => r.kind === 'completion').slice(0, limit)
-          .map((r) => ({ prompt: r.prompt, answer: r.completion }));
-        out.exact_match = exactMatch(am, tok, items, int('max-new-tokens', o.maxNewTokens, 1));
+      const limit = o.limit === undefined ? Infinity : int('limit', o.limit, 1);
+      const batchSize = int('batch-size', o.batchSize, 1);
+      const out: Record<string, number> = {};
+      if (describeModel(model).task === 'sequence-classification') {
+        const records = readData(o).slice(0, limit);
+        const labels = savedLabels ?? recordLabels(records);
+        const head = o.adapter ? savedHeadLabels(o.adapter, describeModel(model).classifierHead) : null;
+        const have = head ?? (model.config as { numLabels?: number }).numLabels;
+        if (have !== labels.length) {
+          throw new AdaptkitError(`${o.adapter ?? modelPath}: the classification head has ${have} labels, the data ${labels.length}${o.adapter ? ` (${LABELS_FILE} in the adapter folder lists the head's labels in order)` : ''}`);
+        }
+        // the adapter's saved head replaces this one, which only has to have its shape
+        if (head !== null) (model as unknown as { resizeClassifier(n: number): void }).resizeClassifier(head);
+        const am = new AdapterModel(model);
+        if (o.adapter) am.load(o.adapter);
+        const examples = classificationExamples(records, tok, labels, int('seq-len', o.seqLen, 2));
+        const r = classificationAccuracy(am as unknown as Classifier, examples, (tok as { padId?: number | null }).padId ?? 0, batchSize);
+        Object.assign(out, { examples: examples.length, accuracy: r.accuracy, loss: r.loss });
+      } else {
+        const am = new AdapterModel(model);
+        if (o.adapter) am.load(o.adapter);
+        // the label map and cue the adapter was trained with, unless given here
+        const f: DataFlags = { ...o };
+        if (saved?.label_cue !== undefined && cmd.getOptionValueSource('labelCue') !== 'cli') f.labelCue = saved.label_cue;
+        const savedWords = !o.labelWords && saved?.label_words ? new Map(Object.entries(saved.label_words)) : undefined;
+        const all = loadExamples(f, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null }, savedWords);
+        const examples = all.examples.slice(0, limit);
+        const labels = [...new Set([...(savedLabels ?? []), ...examples.map((e) => e.label).filter((l): l is string => l !== undefined)])];
+        const pad = tok.eosId ?? 0;
+        const l = evaluateLoss(am, examples, pad, batchSize);
+        Object.assign(out, { examples: examples.length, loss: l.loss, perplexity: l.perplexity, tokens: l.tokens });
+        if (labels.length > 1) {
+          const words = all.labelWords;
+          const make = (label: string) => toExample({ kind: 'label', text: '', label }, tok, { labelCue: f.labelCue, labelWords: words }).completion;
+          out.accuracy = labelAccuracy(am, examples, labelSequences(examples, labels, make), pad).accuracy;
+        }
+        if (o.exactMatch) {
+          const items = readRecords(o.data, { format: o.format as ReadOptions['format'], skipBadLines: o.skipBadLines }).records
+            .filter((r): r is Extract<typeof r, { kind: 'completion' }> => r.kind === 'completion').slice(0, limit)
+            .map((r) => ({ prompt: r.prompt, answer: r.completion }));
+          out.exact_match = exactMatch(am, tok, items, int('max-new-tokens', o.maxNewTokens, 1));
+        }
       }
       if (o.json) console.log(JSON.stringify(out));
       else for (const [k, v] of Object.entries(out)) console.log(`${k}: ${v}`);

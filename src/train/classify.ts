@@ -1,6 +1,7 @@
 /**
- * Sequence classification with a classification head (encoder models such as BERT): the input is
- * the text alone, the loss is cross-entropy of the head's logits against the label's index.
+ * Sequence classification with a classification head (encoders such as BERT, and decoders with
+ * the `score` head of CausalLMForSequenceClassification): the input is the text alone, the loss is
+ * cross-entropy of the head's logits against the label's index.
  */
 import { AdaptkitError, type Tensor, crossEntropy, noGrad, tensor, tidy } from '../tensor/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
@@ -16,7 +17,7 @@ export function classificationExamples(records: readonly DataRecord[], tok: Toke
   return records.map((r, i) => {
     if (r.kind !== 'label') throw new AdaptkitError(`record ${i + 1} has no label: classification needs {"text", "label"} records`);
     const idx = labels.indexOf(r.label);
-    if (idx < 0) throw new AdaptkitError(`label "${r.label}" of record ${i + 1} is not one of ${labels.join(', ')}`);
+    if (idx < 0) throw new AdaptkitError(`label "${r.label}" of record ${i + 1} is not one of the ${labels.length} labels (${labels.slice(0, 5).join(', ')}${labels.length > 5 ? ', ...' : ''})`);
     const ids = tok.encode(r.text, { bos: true });
     return { head: [], body: ids.slice(0, maxLen), tail: [], completion: [], label: r.label, labelIndex: idx };
   });

@@ -2,6 +2,8 @@
  * Records to token examples. An example is head + body + tail + completion: the loss covers the
  * completion only, and only the body (the free text) is cut when an example is too long.
  */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { parse as parseCsv } from 'csv-parse/sync';
 import { AdaptkitError, Rng } from '../tensor/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { applyChatTemplate } from '../io/chat-template.js';
@@ -18,10 +20,21 @@ export interface Example {
   labelIndex?: number;
 }
 
+/** Text between a classification input and its label unless told otherwise. */
+export const DEFAULT_LABEL_CUE = '\nLabel:';
+
+/** Words each label is trained on and scored by, instead of the label's own text. */
+export type LabelWords = ReadonlyMap<string, string>;
+
 export interface TemplateOptions {
   /** Text after a classification input, before the label (default "\nLabel:"). */
   labelCue?: string;
-  /** Put EOS after completions (default true when the tokenizer has one). */
+  /** A label map: the completion of a label record is " " + its words (else " " + the label). */
+  labelWords?: LabelWords;
+  /**
+   * Put EOS after completions, label words included, so that generation stops after the label
+   * (default true when the tokenizer has one).
+   */
   eos?: boolean;
   chatTemplate?: string | null;
   bosToken?: string;
@@ -50,8 +63,9 @@ export function toExample(r: DataRecord, tok: Tokenizer, o: TemplateOptions = {}
     case 'text':
       return { head, body: [], tail: [], completion: [...body(tok, r.text), ...eos] };
     case 'label': {
-      const cue = o.labelCue ?? '\nLabel:';
-      return { head, body: body(tok, r.text), tail: after(tok, r.text, cue), completion: after(tok, r.text + cue, ` ${r.label}`), label: r.label };
+      const cue = o.labelCue ?? DEFAULT_LABEL_CUE;
+      const words = labelText(r.label, o.labelWords);
+      return { head, body: body(tok, r.text), tail: after(tok, r.text, cue), completion: [...after(tok, r.text + cue, ` ${words}`), ...eos], label: r.label };
     }
     case 'chat': {
       if (!o.chatTemplate) throw new AdaptkitError('chat records need a model with a chat template (tokenizer_config.json "chat_template")');
@@ -62,6 +76,59 @@ export function toExample(r: DataRecord, tok: Tokenizer, o: TemplateOptions = {}
       return { head: [], body: [], tail: tok.encode(prompt, { bos: false }), completion: after(tok, prompt, full.slice(prompt.length)) };
     }
   }
+}
+
+/** The words a label is trained on: its entry in the label map, or the label itself. */
+export function labelText(label: string, words?: LabelWords): string {
+  if (!words) return label;
+  const w = words.get(label);
+  if (w === undefined) throw new AdaptkitError(`label "${label}" has no entry in the label words`);
+  return w;
+}
+
+/**
+ * A label map from a file: a JSON object {"label": "words", ...}, or two tab-separated columns
+ * per line (label, then its words; no header; empty lines skipped). Two labels may not share
+ * their words, or the model could not tell them apart.
+ */
+export function readLabelWords(file: string): Map<string, string> {
+  if (!existsSync(file) || !statSync(file).isFile()) throw new AdaptkitError(`label words ${file}: no such file`);
+  const text = readFileSync(file, 'utf8').replace(/^\uFEFF/, '');
+  const out = new Map<string, string>();
+  const put = (label: string, words: unknown, where: string) => {
+    if (typeof words !== 'string' || words.trim() === '') throw new AdaptkitError(`${where}: the words for label "${label}" must be a non-empty string`);
+    if (out.has(label)) throw new AdaptkitError(`${where}: label "${label}" appears twice`);
+    out.set(label, words.trim());
+  };
+  if (text.trimStart().startsWith('{')) {
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch (e) {
+      throw new AdaptkitError(`${file}: not valid JSON (${(e as Error).message})`);
+    }
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new AdaptkitError(`${file}: must be a JSON object {"label": "words"}`);
+    for (const [label, words] of Object.entries(v)) put(label, words, file);
+  } else {
+    text.split(/\r?\n/).forEach((line, i) => {
+      if (line.trim() === '') return;
+      let fields: string[];
+      try {
+        // RFC 4180 fields, so that a quoted label or word list reads as its text
+        fields = (parseCsv(line, { delimiter: '\t', relax_column_count: true, relax_quotes: true }) as string[][])[0] ?? [];
+      } catch (e) {
+        throw new AdaptkitError(`${file}:${i + 1}: ${(e as Error).message}`);
+      }
+      if (fields.length !== 2) throw new AdaptkitError(`${file}:${i + 1}: expected two tab-separated columns (a label and its words), got ${fields.length}`);
+      put(fields[0]!, fields[1], `${file}:${i + 1}`);
+    });
+  }
+  if (out.size === 0) throw new AdaptkitError(`${file}: no label words`);
+  const byWords = new Map<string, string[]>();
+  for (const [label, words] of out) byWords.set(words, [...(byWords.get(words) ?? []), label]);
+  const shared = [...byWords].filter(([, ls]) => ls.length > 1);
+  if (shared.length) throw new AdaptkitError(`${file}: labels ${shared.slice(0, 3).map(([w, ls]) => `${ls.join(', ')} share the words "${w}"`).join('; ')}`);
+  return out;
 }
 
 export function exampleLength(e: Example): number {

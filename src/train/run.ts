@@ -4,19 +4,19 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdaptkitError, type Tensor, crossEntropy, parameter } from '../tensor/index.js';
+import { AdaptkitError, Rng, type Tensor, crossEntropy, parameter, tensor } from '../tensor/index.js';
 import { AdapterModel, type AdapterInstance, type PresetOptions, resolvePreset } from '../adapters/index.js';
 import { readTensorMap } from '../adapters/files.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { serializeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
-import { type Module, describeModel } from '../nn/index.js';
+import { type DescribedModel, type Module, describeModel } from '../nn/index.js';
 import { classificationAccuracy, classificationLoss } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
 import { StreamingExamples } from './stream.js';
-import { evaluateLoss, labelAccuracy, realLogits } from './evaluate.js';
+import { collisionMessage, evaluateLoss, labelAccuracy, realLogits } from './evaluate.js';
 import { IGNORE, collate } from './batch.js';
 import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
@@ -39,7 +39,7 @@ export function methodConfig(method: string, o: MethodOptions, model: Module, co
 }
 
 export interface RunOptions {
-  model: AnyModel;
+  model: AnyModel | DescribedModel;
   tokenizer: Tokenizer;
   /** A preset or peft_type (`lora`, `dora`, `PREFIX_TUNING`, ...) or `full`. */
   method: string;
@@ -55,6 +55,9 @@ export interface RunOptions {
   overwrite?: boolean;
   /** Labels of classification data: accuracy is evaluated when given. */
   labels?: string[];
+  /** The label map and cue the examples were made with, recorded in the adapter's labels.json. */
+  labelWords?: ReadonlyMap<string, string>;
+  labelCue?: string;
   progress?: Progress;
   /** Settings recorded in the run folder to recognize the same run again. */
   identity?: Record<string, unknown>;
@@ -71,17 +74,64 @@ const ADAPTER = 'default';
 /** A checkpoint's file for a method's training state beyond its saved adapter. */
 const TRAINING_STATE = 'adapter_training_state.safetensors';
 
-/** First completion token of each label (labels must differ in it). */
+/** First completion token of each label (labels must differ in it; the error names those that do not). */
 export function labelFirstTokens(train: readonly Example[], labels: readonly string[]): Map<string, number> {
-  const out = new Map<string, number>();
+  const seqs = labelSequences(train, labels);
+  const firsts = labels.map((l) => seqs.get(l)![0]!);
+  if (new Set(firsts).size !== firsts.length) throw new AdaptkitError(collisionMessage(labels, firsts));
+  return new Map(labels.map((l, i) => [l, firsts[i]!]));
+}
+
+/**
+ * Each label's completion tokens as its first training example has them (its words, then EOS):
+ * what label accuracy scores. Labels with no example take `make(label)` when given. Two labels
+ * with the same tokens cannot be told apart: the error names those labels.
+ */
+export function labelSequences(examples: readonly Example[], labels: readonly string[], make?: (label: string) => number[]): Map<string, number[]> {
+  const first = new Map<string, number[]>();
+  for (const e of examples) if (e.label !== undefined && !first.has(e.label)) first.set(e.label, e.completion);
+  const out = new Map<string, number[]>();
+  const byTokens = new Map<string, string>();
   for (const l of labels) {
-    const e = train.find((x) => x.label === l);
-    if (!e || e.completion.length === 0) throw new AdaptkitError(`label "${l}" has no training example`);
-    out.set(l, e.completion[0]!);
+    const seq = first.get(l) ?? make?.(l);
+    if (!seq || seq.length === 0) throw new AdaptkitError(`label "${l}" has no training example`);
+    const key = seq.join(',');
+    const twin = byTokens.get(key);
+    if (twin !== undefined) throw new AdaptkitError(`labels "${twin}" and "${l}" are trained on the same tokens, so no score can tell them apart; give them different label words`);
+    byTokens.set(key, l);
+    out.set(l, [...seq]);
   }
-  const firsts = [...out.values()];
-  if (new Set(firsts).size !== firsts.length) throw new AdaptkitError(`labels ${labels.join(', ')} begin with the same token; choose label words that differ in their first token`);
   return out;
+}
+
+/** Written into the adapter folder of label training: the labels in order, and their words. */
+export const LABELS_FILE = 'labels.json';
+
+export interface LabelsFile {
+  /** Class index to label, as transformers' config.json writes it (the head's rows, in order). */
+  id2label: Record<string, string>;
+  label_words?: Record<string, string>;
+  label_cue?: string;
+}
+
+/** The labels file of an adapter folder, or null when it has none. */
+export function readLabelsFile(adapterDir: string): LabelsFile | null {
+  const p = join(adapterDir, LABELS_FILE);
+  if (!existsSync(p)) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(p, 'utf8'));
+  } catch (e) {
+    throw new AdaptkitError(`${p}: not valid JSON (${(e as Error).message})`);
+  }
+  const f = v as Partial<LabelsFile> | null;
+  if (!f || typeof f !== 'object' || !f.id2label || typeof f.id2label !== 'object') throw new AdaptkitError(`${p}: expected {"id2label": {"0": "label", ...}}`);
+  return f as LabelsFile;
+}
+
+/** The labels of a labels file in index order. */
+export function labelsInOrder(f: LabelsFile): string[] {
+  return Object.keys(f.id2label).map(Number).sort((a, b) => a - b).map((i) => String(f.id2label[String(i)]));
 }
 
 function prepareRunDir(o: RunOptions): void {
@@ -106,11 +156,11 @@ export function runTraining(o: RunOptions): RunResult {
   prepareRunDir(o);
   const cfg: TrainConfig = { ...DEFAULT_TRAIN, ...o.config };
   const desc = describeModel(o.model);
-  const classifier = desc.task === 'sequence-classification' ? (o.model as Module & { resizeClassifier(n: number): void }) : null;
+  const classifier = desc.task === 'sequence-classification' ? (o.model as Module & { resizeClassifier(n: number, rng?: Rng): void }) : null;
   if (classifier) {
     if (!o.labels?.length) throw new AdaptkitError('a sequence classifier trains on {"text", "label"} data');
     // a head of the right size, freshly initialized when the checkpoint's had other labels
-    classifier.resizeClassifier(o.labels.length);
+    classifier.resizeClassifier(o.labels.length, new Rng(cfg.seed));
   }
   const am = new AdapterModel(o.model);
   let peft = methodConfig(o.method, o.methodOptions, o.model, o.adapterConfig);
@@ -126,7 +176,7 @@ export function runTraining(o: RunOptions): RunResult {
     params = o.model.parameters().map((p) => parameter(p));
   }
   const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
-  const labelTokens = o.labels?.length && !classifier && !(o.train instanceof StreamingExamples) ? labelFirstTokens(o.train, o.labels) : null;
+  const labelTokens = o.labels?.length && !classifier && !(o.train instanceof StreamingExamples) ? labelSequences(o.train, o.labels) : null;
   const evaluate = o.validation.length && classifier
     ? () => {
         const r = classificationAccuracy(am as unknown as { forward: typeof am.forward }, o.validation, padId);
@@ -153,6 +203,7 @@ export function runTraining(o: RunOptions): RunResult {
           const loss = inst!.objective!({
             logits: () => realLogits(am, b.ids, b.mask),
             loss: (l) => crossEntropy(l, b.targets, { ignoreIndex: IGNORE }),
+            weights: tensor(Array.from(b.targets.toArray(), (t) => (t === IGNORE ? 0 : 1)), b.targets.shape),
           });
           return { loss, tokens: b.tokens };
         }
@@ -188,6 +239,14 @@ export function runTraining(o: RunOptions): RunResult {
     am.save(adapterDir, ADAPTER);
   } else {
     saveModelFolder(o.model, {}, adapterDir, { overwrite: true });
+  }
+  if (o.labels?.length) {
+    const f: LabelsFile = { id2label: Object.fromEntries(o.labels.map((l, i) => [String(i), l])) };
+    if (!classifier) {
+      if (o.labelWords) f.label_words = Object.fromEntries(o.labels.map((l) => [l, o.labelWords!.get(l) ?? l]));
+      if (o.labelCue !== undefined) f.label_cue = o.labelCue;
+    }
+    writeFileAtomic(join(adapterDir, LABELS_FILE), Buffer.from(`${JSON.stringify(f, null, 2)}\n`));
   }
   // hand the model back without this run's adapter modules in it
   if (inst) am.setActive([]);
