@@ -185,6 +185,11 @@ export interface AdapterMethod {
   create(name: string, config: BaseAdapterConfig, targets: TargetInfo[], ctx: CreateContext): AdapterInstance;
   /** Trainable parameters this config adds to these targets (the method's formula). */
   countParameters?(config: BaseAdapterConfig, targets: TargetInfo[], model: AdapterDescriptor): number;
+  /**
+   * A method that is only read from files other methods save (a sparse difference written by
+   * S²FT or LT-SFT): it has no preset of its own, and those methods' contract cases cover it.
+   */
+  readonly savedFormOnly?: boolean;
   /** `adaptkit train --method` names and the options they read. */
   readonly presets?: readonly MethodPreset[];
   readonly options?: readonly MethodOption[];

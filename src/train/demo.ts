@@ -70,16 +70,19 @@ function namedDataDir(root: string): boolean {
 }
 
 /**
- * The folder holding stories260K.bin and tok512.bin: a named data folder's copy, else the copy
- * embedded in the package, else the data folder, else the files downloaded from the Hub into the
- * HF cache (their sha256 checked against the published files).
+ * The folder holding stories260K.bin and tok512.bin: a named data folder's copy (downloaded from
+ * the Hub into the HF cache, sha256-checked, when that folder lacks them), or else the copy
+ * embedded in the package.
  */
 export async function demoModelDir(root: string): Promise<string> {
   const local = join(root, 'models', 'stories260K');
   const embedded = embeddedAsset('stories260K');
-  if (namedDataDir(root) && existsSync(join(local, 'stories260K.bin'))) return local;
-  if (existsSync(join(embedded, 'stories260K.bin'))) return embedded;
-  if (existsSync(join(local, 'stories260K.bin'))) return local;
+  if (existsSync(join(local, 'stories260K.bin')) && namedDataDir(root)) return local;
+  // a named data folder without the files means the Hub; otherwise the package's own copy
+  if (!namedDataDir(root)) {
+    if (existsSync(join(embedded, 'stories260K.bin'))) return embedded;
+    if (existsSync(join(local, 'stories260K.bin'))) return local;
+  }
   const snap = await snapshotDownload(STORIES260K.repo, { filter: (f) => f in STORIES260K.files });
   for (const [f, sum] of Object.entries(STORIES260K.files)) {
     const got = createHash('sha256').update(readFileSync(join(snap, f))).digest('hex');

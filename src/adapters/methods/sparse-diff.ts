@@ -242,6 +242,7 @@ class SparseDiffAdapter implements AdapterInstance {
 }
 
 export const SPARSE_DIFF_METHOD: AdapterMethod = {
+  savedFormOnly: true,
   peftType: SPARSE_DIFF,
   description: 'a sparse difference of base weights (S²FT, LT-SFT), added to them',
   kind: 'tuner',
