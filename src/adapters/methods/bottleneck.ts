@@ -68,6 +68,13 @@ export function targetWidth(t: TargetInfo): number {
   return last.outFeatures;
 }
 
+/** A delta's parameters with its optional adapter layer norm under PEFT's `adapter_ln` keys. */
+export function withLayerNorm(params: [string, Tensor][], prefix: string, ln: { weight: Tensor; bias: Tensor } | null): [string, Tensor][] {
+  const p = prefix ? `${prefix}.` : '';
+  if (ln) params.push([`${p}adapter_ln.weight`, ln.weight], [`${p}adapter_ln.bias`, ln.bias]);
+  return params;
+}
+
 export class BottleneckDelta extends Module implements LayerDelta {
   adapter_ln: { weight: Tensor; bias: Tensor } | null = null;
 
@@ -83,10 +90,7 @@ export class BottleneckDelta extends Module implements LayerDelta {
   }
 
   override namedParameters(prefix = ''): [string, Tensor][] {
-    const out = super.namedParameters(prefix);
-    const p = prefix ? `${prefix}.` : '';
-    if (this.adapter_ln) out.push([`${p}adapter_ln.weight`, this.adapter_ln.weight], [`${p}adapter_ln.bias`, this.adapter_ln.bias]);
-    return out;
+    return withLayerNorm(super.namedParameters(prefix), prefix, this.adapter_ln);
   }
 
   private branch(z: Tensor): Tensor {

@@ -60,7 +60,7 @@ import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
 import { deltaStateDict, peftKey } from '../files.js';
 import { REDUCTION_FACTOR, TARGETS, num, targetsOption } from '../options.js';
-import { type BottleneckConfig, BottleneckDelta, bottleneckSize, parseBottleneck, placementTargets, targetWidth } from './bottleneck.js';
+import { type BottleneckConfig, BottleneckDelta, bottleneckSize, withLayerNorm, parseBottleneck, placementTargets, targetWidth } from './bottleneck.js';
 import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, MethodOption, RawAdapterConfig, TargetInfo } from '../types.js';
 
 export type SharedProjection = 'down' | 'up' | 'none';
@@ -157,10 +157,7 @@ export class MosaDelta extends Module implements LayerDelta {
   }
 
   override namedParameters(prefix = ''): [string, Tensor][] {
-    const out = super.namedParameters(prefix);
-    const p = prefix ? `${prefix}.` : '';
-    if (this.adapter_ln) out.push([`${p}adapter_ln.weight`, this.adapter_ln.weight], [`${p}adapter_ln.bias`, this.adapter_ln.bias]);
-    return out;
+    return withLayerNorm(super.namedParameters(prefix), prefix, this.adapter_ln);
   }
 
   /** The ordinary bottleneck adapter of expert k, or (null) the merged one. */
