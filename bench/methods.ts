@@ -14,8 +14,8 @@
  * added by `--plugin` runs here unchanged: the plugin modules are imported in every run.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -26,6 +26,7 @@ import { AdapterModel, type PresetOptions, resolvePreset } from '../src/adapters
 import { dataDir } from '../src/io/data.js';
 import { loadedPlugins } from '../src/io/plugins.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
+import { describeMachine } from './machine.js';
 import { generate } from '../src/models/generate.js';
 import type { Tokenizer } from '../src/models/tokenizer.js';
 import { describeModel, type Module } from '../src/nn/index.js';
@@ -556,55 +557,6 @@ function spawnRun(spec: RunSpec, specFile: string): RunResult {
 
 // ---------------------------------------------------------------------------------------------
 // The machine
-
-function cacheSizes(): string | null {
-  const base = '/sys/devices/system/cpu/cpu0/cache';
-  if (!existsSync(base)) return null;
-  const parts: string[] = [];
-  for (const d of readdirSync(base).filter((n) => n.startsWith('index')).sort()) {
-    try {
-      const read = (f: string) => readFileSync(join(base, d, f), 'utf8').trim();
-      const type = read('type');
-      parts.push(`L${read('level')}${type === 'Data' ? 'd' : type === 'Instruction' ? 'i' : ''} ${read('size')}`);
-    } catch {
-      // an unreadable cache level is left out
-    }
-  }
-  return parts.length ? parts.join(', ') : null;
-}
-
-/** Copy bandwidth of 64 MiB buffers (read + write), median of 5: what memory-bound steps can expect. */
-function copyBandwidthGBs(): number {
-  const n = 1 << 23;
-  const a = new Float64Array(n).fill(1);
-  const b = new Float64Array(n);
-  const times: number[] = [];
-  for (let i = 0; i < 6; i++) {
-    const t0 = process.hrtime.bigint();
-    b.set(a);
-    if (i > 0) times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-  return (2 * 8 * n) / median(times) / 1e9;
-}
-
-/** The machine every line names: CPU, SIMD path, cores, caches, measured FMA peak and copy bandwidth. */
-export function describeMachine(): Record<string, unknown> {
-  const be = getBackend();
-  const native = nativeBackend();
-  const threads = native?.threads() ?? 1;
-  return {
-    cpu: cpus()[0]?.model ?? 'unknown',
-    arch: process.arch,
-    cores: availableParallelism(),
-    caches: cacheSizes(),
-    backend: be.name,
-    simd: native?.simd ?? null,
-    threads,
-    fma_peak_gflops: native ? round(native.fmaPeakGflops(threads, 0.3), 1) : null,
-    copy_bandwidth_gbs: round(copyBandwidthGBs(), 1),
-    node: process.version,
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark

@@ -1,3 +1,5 @@
+import { describeMachine } from './machine.js';
+
 /** Median wall time of fn over repeated runs (after one warm-up), spending about `budgetS` seconds. */
 export function medianSeconds(fn: () => void, budgetS = 0.5, minReps = 3, maxReps = 200): number {
   fn();
@@ -14,6 +16,10 @@ export function medianSeconds(fn: () => void, budgetS = 0.5, minReps = 3, maxRep
   return times[Math.floor(times.length / 2)]!;
 }
 
+let machine: Record<string, unknown> | null = null;
+
+/** One JSON line of a benchmark, naming the machine it ran on (measured once per process). */
 export function emit(obj: Record<string, unknown>): void {
-  process.stdout.write(`${JSON.stringify(obj)}\n`);
+  machine ??= describeMachine();
+  process.stdout.write(`${JSON.stringify({ ...obj, machine })}\n`);
 }
