@@ -54,6 +54,17 @@ describe('adapter errors', () => {
     assert.throws(() => am.add('a', { peft_type: 'LORA', target_modules: ['c_attn'] }), /matched no module/);
   });
 
+  it('refuses config keys the method does not read, unless they ask for nothing', () => {
+    const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
+    assert.throws(() => am.add('a', { peft_type: 'LORA', rr: 8, target_modules: ['q_proj'] }), /adapter "a" config: LORA does not read "rr" \(a misspelt key/);
+    assert.throws(() => am.add('b', { peft_type: 'LORA', lora_bias: true, target_modules: ['q_proj'] }), /LORA does not read "lora_bias"/);
+    assert.throws(() => am.add('c', { peft_type: 'IA3', feedforward_module: ['down_proj'] }), /IA3 does not read "feedforward_module"/);
+    assert.deepEqual([...am.adapters.keys()], [], 'a refused config leaves nothing behind');
+    // PEFT writes defaults for settings adaptkit has no use for: they ask for nothing
+    am.add('d', { peft_type: 'LORA', target_modules: ['q_proj'], use_qalora: false, eva_config: null, trainable_token_indices: null, layer_replication: null, loftq_config: {} });
+    assert.deepEqual([...am.adapters.keys()], ['d']);
+  });
+
   it('names missing and unexpected keys and wrong shapes when loading', () => {
     const am = new AdapterModel(loadModel(join(FIX, 'llama-gqa')).model);
     am.add('a', { peft_type: 'LORA', r: 2, target_modules: ['q_proj'] });

@@ -34,6 +34,20 @@ function copyTrainable(m: Module, path: string): Module {
   return copy as unknown as Module;
 }
 
+/** A value that asks for nothing (PEFT writes such defaults for settings adaptkit has no use for). */
+function asksNothing(v: unknown): boolean {
+  return v === null || v === undefined || v === false || v === '' || (Array.isArray(v) && v.length === 0) ||
+    (typeof v === 'object' && v !== null && !Array.isArray(v) && Object.keys(v).length === 0);
+}
+
+/**
+ * Keys of a config that its method neither read nor writes back, with a value that asks for
+ * something: a misspelt key, or a setting the method would silently ignore.
+ */
+function unusedKeys(raw: RawAdapterConfig, reads: ReadonlySet<string>, written: RawAdapterConfig): string[] {
+  return Object.keys(raw).filter((k) => !reads.has(k) && !(k in written) && !asksNothing(raw[k]));
+}
+
 /** Configs bigger than this many times the base model are refused before anything is allocated. */
 const MAX_ADAPTER_TO_MODEL = 4;
 
@@ -57,11 +71,33 @@ export class AdapterModel<M extends Module = Module> {
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new AdaptkitError(`adapter "${name}" config must be an object`);
     const method = getMethod(raw.peft_type);
     const source = opts.source ?? `adapter "${name}" config`;
-    const config = method.parseConfig(raw, source);
+    // which keys the method reads while it parses the config and creates the adapter
+    const reads = new Set<string>(['peft_type']);
+    let tracking = true;
+    const tracked = new Proxy(raw, {
+      get(t, k, r) {
+        if (tracking && typeof k === 'string') reads.add(k);
+        return Reflect.get(t, k, r);
+      },
+      has(t, k) {
+        if (tracking && typeof k === 'string') reads.add(k);
+        return Reflect.has(t, k);
+      },
+    });
     const descriptor = describeModel(this.model);
     this.restoreAll();
     try {
-      return this.attach(name, method, config, descriptor, opts);
+      const config = method.parseConfig(tracked, source);
+      const inst = this.attach(name, method, config, descriptor, opts);
+      tracking = false;
+      const unread = unusedKeys(raw, reads, inst.configJson());
+      if (unread.length) {
+        this.adapters.delete(name);
+        this.saved.delete(name);
+        this.activeNames = this.activeNames.filter((n) => n !== name);
+        throw new AdaptkitError(`${source}: ${method.peftType} does not read ${unread.map((k) => `"${k}"`).join(', ')} (a misspelt key, or a setting adaptkit does not support)`);
+      }
+      return inst;
     } catch (e) {
       // every error says which config it is about
       if (e instanceof AdaptkitError && !e.message.includes(source)) throw new AdaptkitError(`${source}: ${e.message}`, { cause: e });
