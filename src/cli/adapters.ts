@@ -1,6 +1,6 @@
 /** CLI commands over adapters: inspect, merge. */
 import type { Command } from 'commander';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { AdaptkitError } from '../tensor/index.js';
 import { describeModel } from '../nn/index.js';
