@@ -2,12 +2,12 @@
  * A whole training run: model, tokenizer, adapter (or full fine-tuning), data, trainer, final
  * PEFT adapter, training report and curves. Used by `adaptkit train` and the demo.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { AdaptkitError, Rng, type Tensor, crossEntropy, parameter, tensor } from '../tensor/index.js';
 import { AdapterModel, type AdapterInstance, type PresetOptions, resolvePreset } from '../adapters/index.js';
 import { readTensorMap } from '../adapters/files.js';
-import { writeFileAtomic } from '../io/atomic.js';
+import { writeError, writeFileAtomic } from '../io/atomic.js';
 import { serializeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
@@ -20,6 +20,7 @@ import { collisionMessage, evaluateLoss, labelAccuracy, realLogits } from './eva
 import { IGNORE, collate } from './batch.js';
 import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
+import { CHECKPOINTS, listCheckpoints } from './checkpoint.js';
 import { DEFAULT_TRAIN, type TrainConfig, type TrainResult, Trainer } from './trainer.js';
 
 /** Training every weight of the model instead of an adapter. */
@@ -61,6 +62,10 @@ export interface RunOptions {
   progress?: Progress;
   /** Settings recorded in the run folder to recognize the same run again. */
   identity?: Record<string, unknown>;
+  /** The name a user knows a setting of `identity` by, from its dotted path (for a refused resume). */
+  settingName?: (path: string) => string;
+  /** Where a notice goes (a resume that finds nothing to resume); default: a process warning. */
+  onNotice?: (message: string) => void;
   stopAfter?: number;
 }
 
@@ -134,26 +139,123 @@ export function labelsInOrder(f: LabelsFile): string[] {
   return Object.keys(f.id2label).map(Number).sort((a, b) => a - b).map((i) => String(f.id2label[String(i)]));
 }
 
-function prepareRunDir(o: RunOptions): void {
-  const cfgPath = join(o.outDir, 'run_config.json');
-  const identity = JSON.stringify(o.identity ?? {});
-  if (existsSync(o.outDir) && readdirSync(o.outDir).length > 0) {
-    if (o.overwrite) {
-      rmSync(o.outDir, { recursive: true, force: true });
-    } else if (o.resume) {
-      if (existsSync(cfgPath) && readFileSync(cfgPath, 'utf8') !== identity) {
-        throw new AdaptkitError(`${o.outDir} holds a run with different settings; refusing to resume it (use another --out or --overwrite)`);
-      }
-    } else {
-      throw new AdaptkitError(`${o.outDir} already holds a run (pass --resume to continue it or --overwrite to start over)`);
+/** What a run writes into its folder; anything else there was put there by someone else. */
+const RUN_CONFIG = 'run_config.json';
+const RUN_ENTRIES = [RUN_CONFIG, 'metrics.jsonl', CHECKPOINTS, 'adapter', 'model', 'training_report.json', 'curves.svg'];
+
+/**
+ * Why `path` cannot be (or become) a folder: it, or the nearest of its parents that exists, is a
+ * file. Null when it can.
+ */
+export function notAFolder(path: string): string | null {
+  for (let p = path; ; p = dirname(p)) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      if (dirname(p) === p) return null;
+      continue;
+    }
+    if (st.isDirectory()) return null;
+    return p === path ? `${path} is a file, not a folder` : `${path}: ${p} is a file, not a folder`;
+  }
+}
+
+function listNames(names: readonly string[], most = 3): string {
+  return names.length > most ? `${names.slice(0, most).join(', ')} and ${names.length - most} more` : names.join(', ');
+}
+
+function showValue(v: unknown): string {
+  if (v === undefined) return 'unset';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Dotted paths of the settings that differ between two identities, with their old and new values. */
+function settingChanges(old: unknown, now: unknown, path = ''): { path: string; old: unknown; now: unknown }[] {
+  if (isPlainObject(old) && isPlainObject(now)) {
+    const keys = [...new Set([...Object.keys(old), ...Object.keys(now)])];
+    return keys.flatMap((k) => settingChanges(old[k], now[k], path ? `${path}.${k}` : k));
+  }
+  return JSON.stringify(old) === JSON.stringify(now) ? [] : [{ path, old, now }];
+}
+
+export interface RunDirCheck {
+  outDir: string;
+  resume?: boolean;
+  overwrite?: boolean;
+  /** Compared with the one recorded in the folder before a resume; not compared when absent. */
+  identity?: Record<string, unknown>;
+  /** The name a user knows a setting by (a command-line flag), from its dotted path in the identity. */
+  settingName?: (path: string) => string;
+}
+
+export interface RunDirPlan {
+  /** Said when the run starts (a resume that finds nothing to resume). */
+  notice?: string;
+  /** The earlier run's entries to remove when the run starts (--overwrite). */
+  remove: string[];
+}
+
+/**
+ * Decide what a run may do with its folder, writing nothing: a missing or empty folder (or one
+ * holding only the run_config.json of a run that stopped before its first step) starts a new run;
+ * a run is resumed with the same settings or replaced with --overwrite; a folder of other files
+ * is not taken for a run. Files adaptkit did not write are never removed.
+ */
+export function checkRunDir(o: RunDirCheck): RunDirPlan {
+  const dir = o.outDir;
+  const bad = notAFolder(dir);
+  if (bad) throw new AdaptkitError(`${bad}; a run needs a folder for its checkpoints, metrics and adapter`);
+  const entries = existsSync(dir) ? readdirSync(dir).sort() : [];
+  const ours = entries.filter((e) => RUN_ENTRIES.includes(e));
+  const others = entries.filter((e) => !RUN_ENTRIES.includes(e));
+  const isRun = ours.some((e) => e !== RUN_CONFIG);
+  if (!isRun) {
+    if (others.length && !o.overwrite) {
+      throw new AdaptkitError(`${dir} is not empty and is not an adaptkit run (it holds ${listNames(others)}); use an empty or new folder, or --overwrite to write the run next to these files`);
+    }
+    return { notice: o.resume && !o.overwrite ? `nothing to resume in ${dir}: starting a new run` : undefined, remove: ours };
+  }
+  if (o.overwrite) return { remove: ours };
+  if (!o.resume) throw new AdaptkitError(`${dir} already holds a run (pass --resume to continue it or --overwrite to start over)`);
+  const cfgPath = join(dir, RUN_CONFIG);
+  if (o.identity && existsSync(cfgPath)) {
+    let old: unknown;
+    try {
+      old = JSON.parse(readFileSync(cfgPath, 'utf8'));
+    } catch (e) {
+      throw new AdaptkitError(`${cfgPath}: not valid JSON (${(e as Error).message}); refusing to resume a run whose settings are unknown (use another --out or --overwrite)`);
+    }
+    const changes = settingChanges(old, JSON.parse(JSON.stringify(o.identity)));
+    if (changes.length) {
+      const name = o.settingName ?? ((p: string) => p);
+      const list = changes.slice(0, 8).map((c) => `${name(c.path)} was ${showValue(c.old)}, now ${showValue(c.now)}`);
+      if (changes.length > 8) list.push(`and ${changes.length - 8} more`);
+      throw new AdaptkitError(`${dir} holds a run with different settings (${list.join('; ')}); refusing to resume it (resume with its settings, or use another --out or --overwrite)`);
     }
   }
-  mkdirSync(o.outDir, { recursive: true });
-  writeFileSync(cfgPath, identity);
+  return { notice: listCheckpoints(dir).length ? undefined : `no checkpoint to resume in ${dir}: starting the run over`, remove: [] };
+}
+
+/** Make the folder a run's, once every check that can fail has passed. */
+function startRunDir(o: RunOptions, plan: RunDirPlan): void {
+  if (plan.notice) (o.onNotice ?? ((m: string) => process.emitWarning(m, { code: 'ADAPTKIT_RUN' })))(plan.notice);
+  for (const e of plan.remove) rmSync(join(o.outDir, e), { recursive: true, force: true });
+  try {
+    mkdirSync(o.outDir, { recursive: true });
+  } catch (e) {
+    throw writeError(o.outDir, e);
+  }
+  writeFileAtomic(join(o.outDir, RUN_CONFIG), Buffer.from(JSON.stringify(o.identity ?? {})));
 }
 
 export function runTraining(o: RunOptions): RunResult {
-  prepareRunDir(o);
+  const plan = checkRunDir({ ...o, identity: o.identity ?? {} });
   const cfg: TrainConfig = { ...DEFAULT_TRAIN, ...o.config };
   const desc = describeModel(o.model);
   const classifier = desc.task === 'sequence-classification' ? (o.model as Module & { resizeClassifier(n: number, rng?: Rng): void }) : null;
@@ -227,6 +329,8 @@ export function runTraining(o: RunOptions): RunResult {
       else for (const [k, p] of o.model.namedParameters()) (p.storage.data as Float32Array).set(tensors.get(k)!.toArray() as Float32Array, p.offset);
     },
   });
+  // written only now: a run that fails a check above leaves its folder as it found it
+  startRunDir(o, plan);
   let result: TrainResult;
   try {
     result = trainer.run({ resume: o.resume, stopAfter: o.stopAfter });
