@@ -1,7 +1,7 @@
 /** `adaptkit train`, `eval` and `demo` on a user's first day: retries, resumes, option ranges, paths. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
@@ -199,4 +199,17 @@ describe('a file where a folder is expected', () => {
       assert.doesNotMatch(r.err, /ENOTDIR/);
     });
   }
+});
+
+describe('a folder where a file is expected', () => {
+  it('--data and --label-words name the folder instead of a raw EISDIR', async () => {
+    const { readRecords, readLabelWords } = await import('../src/index.js');
+    const dir = mkdtempSync(join(tmpdir(), 'adaptkit-dirs-'));
+    try {
+      assert.throws(() => readRecords(dir), new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a folder; --data names a data file`));
+      assert.throws(() => readLabelWords(dir), /is a folder; --label-words names a JSON or TSV file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

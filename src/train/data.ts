@@ -344,8 +344,11 @@ function resolveColumns(path: string, cols: string[] | null, width: number, o: R
 export function readRecords(path: string, o: ReadOptions = {}): ReadResult {
   let size: number;
   try {
-    size = statSync(path).size;
-  } catch {
+    const st = statSync(path);
+    if (st.isDirectory()) throw new DataError(`${path} is a folder; --data names a data file (JSONL, CSV or TSV)`);
+    size = st.size;
+  } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError(`${path}: no such data file`);
   }
   if (size === 0) throw new DataError(`${path}: the data file is empty`);

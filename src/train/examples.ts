@@ -92,7 +92,8 @@ export function labelText(label: string, words?: LabelWords): string {
  * their words, or the model could not tell them apart.
  */
 export function readLabelWords(file: string): Map<string, string> {
-  if (!existsSync(file) || !statSync(file).isFile()) throw new AdaptkitError(`label words ${file}: no such file`);
+  if (!existsSync(file)) throw new AdaptkitError(`label words ${file}: no such file`);
+  if (!statSync(file).isFile()) throw new AdaptkitError(`label words ${file} is a folder; --label-words names a JSON or TSV file`);
   const text = readFileSync(file, 'utf8').replace(/^\uFEFF/, '');
   const out = new Map<string, string>();
   const put = (label: string, words: unknown, where: string) => {

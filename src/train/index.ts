@@ -1,7 +1,7 @@
 export { AdamW, SGD, clipGradNorm, maskGrads, type Optimizer, type OptimizerState } from './optim.js';
 export { lrFactor, type ScheduleName } from './schedule.js';
 export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type ReadOptions } from './data.js';
-export { toExample, fitExamples, splitExamples, exampleLength, type Example } from './examples.js';
+export { toExample, fitExamples, splitExamples, exampleLength, readLabelWords, type Example } from './examples.js';
 export { collate, epochBatches, IGNORE, type Batch } from './batch.js';
 export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss } from './evaluate.js';
 export { Trainer, TrainingInterrupted, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type TrainRunOptions, type StepMetrics, type EvalMetrics } from './trainer.js';
