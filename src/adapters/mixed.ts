@@ -90,8 +90,35 @@ export class RowStacks {
 
   /** Route the rows of the next forward to these slots (0: the identity). */
   route(slots: readonly number[]): void {
-    this.routing.rows?.dispose();
-    this.routing.rows = tensor(slots, [slots.length], { dtype: 'i32' }).keep();
+    this.routeMixed(slots.map((slot) => [{ slot, weight: 1 }]));
+  }
+
+  /** Route each row to a weighted sum of slots (mixable forms only when a row has several, or a weight is not 1). */
+  routeMixed(rows: readonly (readonly { slot: number; weight: number }[])[]): void {
+    const r = this.routing;
+    r.rows?.dispose();
+    r.weights?.dispose();
+    for (const m of r.more) {
+      m.rows.dispose();
+      m.weights.dispose();
+    }
+    const K = Math.max(1, ...rows.map((x) => x.length));
+    const plain = K === 1 && rows.every((x) => (x[0]?.weight ?? 1) === 1);
+    if (!plain && !this.form.mixable?.(this.key)) throw new AdaptkitError('these adapters cannot be mixed row by row (their delta is not linear in their weights)');
+    const part = (k: number) => ({
+      rows: tensor(rows.map((x) => x[k]?.slot ?? 0), [rows.length], { dtype: 'i32' }).keep(),
+      weights: tensor(rows.map((x) => x[k]?.weight ?? 0), [rows.length]).keep(),
+    });
+    const first = part(0);
+    r.rows = first.rows;
+    if (plain) {
+      first.weights.dispose();
+      r.weights = null;
+      r.more = [];
+    } else {
+      r.weights = first.weights;
+      r.more = Array.from({ length: K - 1 }, (_, k) => part(k + 1));
+    }
   }
 
   deltas(): Map<string, LayerDelta & Module> {
@@ -109,7 +136,14 @@ export class RowStacks {
     this.layers.clear();
     this.paths.clear();
     this.routing.rows?.dispose();
+    this.routing.weights?.dispose();
+    for (const m of this.routing.more) {
+      m.rows.dispose();
+      m.weights.dispose();
+    }
     this.routing.rows = null;
+    this.routing.weights = null;
+    this.routing.more = [];
   }
 }
 

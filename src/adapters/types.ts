@@ -133,6 +133,9 @@ export interface SlotTensor {
 /** Which slot of each stack every row of a batch uses (0: the identity slot). */
 export class RowRouting {
   rows: Tensor | null = null;
+  /** Per-row weights of `rows`' slots (null: 1), and further weighted slots per row (mixtures). */
+  weights: Tensor | null = null;
+  more: { rows: Tensor; weights: Tensor }[] = [];
 }
 
 /**
@@ -143,6 +146,11 @@ export class RowRouting {
 export interface RowBatchedForm {
   /** Adapters of one method with the same key share stacks (e.g. plain LoRA apart from DoRA). */
   key(inst: AdapterInstance): string;
+  /**
+   * Whether stacks of this key apply weighted sums of several slots per row (a per-request
+   * mixture of adapters), which needs a delta linear in the adapter's tensors.
+   */
+  mixable?(key: string): boolean;
   /** Per-adapter sizes that fix the slot shapes (e.g. `{ r: 8 }`), named as the config fields are. */
   sizes(inst: AdapterInstance): Record<string, number>;
   /** The sizes of a server's slots when every rank-like size is at most `maxRank`. */

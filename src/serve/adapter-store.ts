@@ -25,6 +25,8 @@ export interface AdapterRoute {
   group: string;
   stack: string | null;
   slot: number;
+  /** A mixture: weighted slots (of one or several stacks) whose updates add up. */
+  parts?: { stack: string; slot: number; weight: number }[];
   /** Positions the adapter puts before the sequence (prompt tuning). */
   addedPositions: number;
 }
@@ -70,8 +72,10 @@ export class AdapterStore {
     return [...this.paths.keys()].sort();
   }
 
-  has(name: string): boolean {
-    return this.paths.has(name);
+  /** Whether a request's adapter exists: a name, or a mixture `a:0.7,b:0.3` of known names. */
+  has(spec: string): boolean {
+    const m = parseMixture(spec);
+    return m === null ? this.paths.has(spec) : m.every((p) => this.paths.has(p.name));
   }
 
   /** Register (and validate by loading) an adapter at run time. */
@@ -124,8 +128,31 @@ export class AdapterStore {
     return id;
   }
 
-  /** The route of an adapter for a request, loading it (and evicting the LRU one) when needed. */
-  acquire(name: string): AdapterRoute {
+  /**
+   * The route of a request's adapter: one adapter, or a mixture `a:0.7,b:0.3` of row-batched,
+   * mixable adapters (each pinned) applied as the weighted sum of their updates.
+   */
+  acquire(spec: string): AdapterRoute {
+    const mix = parseMixture(spec);
+    if (mix === null) return this.acquireOne(spec);
+    const parts: { stack: string; slot: number; weight: number }[] = [];
+    const taken: string[] = [];
+    try {
+      for (const { name, weight } of mix) {
+        const r = this.acquireOne(name);
+        taken.push(name);
+        const form = r.stack ? this.stacks.get(r.stack)!.stacks : null;
+        if (!r.stack || !form?.form.mixable?.(form.key)) throw new RequestError(`adapter "${name}" cannot be part of a mixture: only plain LoRA adapters add up row by row`);
+        parts.push({ stack: r.stack, slot: r.slot, weight });
+      }
+    } catch (e) {
+      for (const n of taken) this.release(n);
+      throw e;
+    }
+    return { group: '', stack: null, slot: 0, parts, addedPositions: 0 };
+  }
+
+  private acquireOne(name: string): AdapterRoute {
     const path = this.paths.get(name);
     if (!path) throw new RequestError(`the model "${name}" does not exist`, 404);
     let l = this.loaded.get(name);
@@ -164,9 +191,11 @@ export class AdapterStore {
     return l.route;
   }
 
-  release(name: string): void {
-    const l = this.loaded.get(name);
-    if (l && l.pins > 0) l.pins--;
+  release(spec: string): void {
+    for (const name of parseMixture(spec)?.map((p) => p.name) ?? [spec]) {
+      const l = this.loaded.get(name);
+      if (l && l.pins > 0) l.pins--;
+    }
   }
 
   /** Evict the least recently used adapter nobody is using (of one stack, when given). */
@@ -200,11 +229,12 @@ export class AdapterStore {
     const group = routes[0]?.group ?? '';
     if (routes.some((r) => r.group !== group)) throw new AdaptkitError('one forward mixes adapter groups');
     if (group !== '') return this.am.withActive([group], fn);
-    const used = new Set(routes.map((r) => r.stack).filter((s): s is string => s !== null));
+    const partsOf = (r: AdapterRoute) => r.parts ?? (r.stack !== null ? [{ stack: r.stack, slot: r.slot, weight: 1 }] : []);
+    const used = new Set(routes.flatMap((r) => partsOf(r).map((p) => p.stack)));
     if (used.size === 0) return fn();
-    const active = [...used].map((id) => this.stacks.get(id)!.stacks);
-    for (const s of active) s.route(routes.map((r) => (r.stack !== null && this.stacks.get(r.stack)!.stacks === s ? r.slot : 0)));
-    return this.am.withDeltas(stackedDeltas(active), fn);
+    const active = [...used].map((id) => ({ id, stacks: this.stacks.get(id)!.stacks }));
+    for (const { id, stacks } of active) stacks.routeMixed(routes.map((r) => partsOf(r).filter((p) => p.stack === id)));
+    return this.am.withDeltas(stackedDeltas(active.map((a) => a.stacks)), fn);
   }
 
   /** Put the model's original layers back and free the stacks (the store is unusable afterwards). */
@@ -222,4 +252,25 @@ export class AdapterStore {
     for (const inst of this.am.adapters.values()) n += inst.parameters().reduce((s: number, t: Tensor) => s + t.size * 4, 0);
     return n;
   }
+}
+
+/**
+ * A request's mixture of adapters, `a:0.7,b:0.3` (the weights of a weighted sum of their updates),
+ * or null for a plain adapter name. Weights must be finite numbers; names must not repeat.
+ */
+export function parseMixture(spec: string): { name: string; weight: number }[] | null {
+  if (!spec.includes(':') && !spec.includes(',')) return null;
+  const parts = spec.split(',').map((item) => {
+    const at = item.lastIndexOf(':');
+    const name = (at >= 0 ? item.slice(0, at) : item).trim();
+    const w = at >= 0 ? item.slice(at + 1).trim() : '1';
+    const weight = w === '' ? NaN : Number(w);
+    if (!/^[\w.-]{1,64}$/.test(name)) throw new RequestError(`"model": "${item.trim().slice(0, 80)}" is not an adapter name with a weight (write a:0.7,b:0.3)`);
+    if (!Number.isFinite(weight)) throw new RequestError(`"model": the weight of "${name}" must be a finite number, got "${w.slice(0, 20)}"`);
+    return { name, weight };
+  });
+  const names = parts.map((p) => p.name);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice) throw new RequestError(`"model": "${twice}" appears twice in the mixture`);
+  return parts;
 }

@@ -346,10 +346,16 @@ export class RowLoraDelta extends Module implements LayerDelta {
     if (rows.shape[0] !== B) throw new AdaptkitError(`row routing has ${rows.shape[0]} rows, the batch has ${B}`);
     const x3 = x.ndim === 3 ? x : reshape(x, [B, 1, -1]);
     const st = this.stacks;
-    const a = indexSelect(st.A!, 0, rows);
-    const b = indexSelect(st.B!, 0, rows);
-    const s = reshape(indexSelect(st.scale!, 0, rows), [B, 1, 1]);
-    let d = matmul(mul(matmul(x3, transpose(a)), s), transpose(b));
+    // each row's update, or for a mixture the weighted sum of its slots' updates
+    const part = (r: Tensor, w: Tensor | null) => {
+      const a = indexSelect(st.A!, 0, r);
+      const b = indexSelect(st.B!, 0, r);
+      let s = indexSelect(st.scale!, 0, r);
+      if (w) s = mul(reshape(s, [B]), w);
+      return matmul(mul(matmul(x3, transpose(a)), reshape(s, [B, 1, 1])), transpose(b));
+    };
+    let d = part(rows, this.routing.weights);
+    for (const m of this.routing.more) d = add(d, part(m.rows, m.weights));
     if (x.ndim !== 3) d = reshape(d, y.shape);
     if (!st.ratio) return add(y, d);
     const shape = x.ndim === 3 ? [B, 1, -1] : [B, -1];
@@ -367,6 +373,8 @@ function rankOf(d: LoraDelta): number {
 
 const ROWS: RowBatchedForm = {
   key: (inst) => ((inst as LoraAdapter).config.use_dora || (inst as LoraAdapter).config.bias !== 'none' ? 'full' : 'plain'),
+  // plain LoRA updates add up: a mixture is the weighted sum of its adapters' sBA
+  mixable: (key) => key === 'plain',
   sizes: (inst) => ({ r: Math.max(0, ...[...(inst as LoraAdapter).deltas.values()].map(rankOf)) }),
   limits: (_key, maxRank) => ({ r: maxRank }),
   layout(layer, sizes, key) {
