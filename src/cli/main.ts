@@ -145,6 +145,21 @@ export async function main(argv: string[]): Promise<number> {
       const { runMethodsCli } = await import('../../bench/methods.js');
       await runMethodsCli(o);
     });
+  bench
+    .command('lt-sft')
+    .description('LT-SFT on stories260K: an SMS-spam task difference and a GSM8K-text difference at several densities, composed by addition, against the dense fine-tunes')
+    .option('--densities <list>', 'comma-separated fractions K / entries (default 0.001,0.01,0.1)')
+    .option('--seeds <n>', 'seeds (default 3)')
+    .option('--sms-steps <n>', 'training steps of the SMS difference, each phase (default 150)')
+    .option('--gsm8k-steps <n>', 'training steps of the GSM8K difference, each phase (default 80)')
+    .option('--lr <x>', 'peak learning rate of both phases (default 2e-3)')
+    .option('--data-dir <dir>', 'offline data folder (default: $ADAPTKIT_DATA, else ../shared/data)')
+    .option('--json', 'print only the JSON lines (no Markdown table on stdout)')
+    .option('--markdown <file>', 'write the Markdown table to this file')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { runLtSftCli } = await import('../../bench/lt-sft.js');
+      await runLtSftCli(o);
+    });
 
   try {
     await program.parseAsync(argv);
