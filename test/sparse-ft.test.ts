@@ -345,3 +345,26 @@ describe('adaptkit merge --sparse', () => {
     assertClose(logits(reverted, ids), logits(one, ids), 'subtracting one difference restores the other', 1e-5, 1e-5);
   });
 });
+
+describe('adaptkit train --method lt-sft', () => {
+  it('runs both phases and saves a sparse difference with exactly K entries', async () => {
+    const { main } = await import('../src/cli/main.js');
+    const data = join(tmp, 'ltsft-cli.jsonl');
+    writeFileSync(data, Array.from({ length: 24 }, (_, i) => JSON.stringify({ text: `Once upon a time a ${['cat', 'dog'][i % 2]} ran.` })).join('\n') + '\n');
+    const out = join(tmp, 'ltsft-cli');
+    const ow = process.stderr.write.bind(process.stderr);
+    process.stderr.write = (() => true) as typeof process.stderr.write;
+    let code: number;
+    try {
+      code = await main(['node', 'adaptkit', 'train', '--model', BIN, '--tokenizer', TOK, '--data', data, '--method', 'lt-sft', '--sparse-params', '40',
+        '--steps', '3', '--batch-size', '8', '--val-split', '0', '--out', out, '--json']);
+    } finally {
+      process.stderr.write = ow;
+    }
+    assert.equal(code, 0);
+    const cfg = JSON.parse(readFileSync(join(out, 'sparse', 'adapter', 'adapter_config.json'), 'utf8'));
+    assert.equal(cfg.peft_type, 'SPARSE_DIFF');
+    const nnz = Object.values(cfg.sparse_tensors as Record<string, { nnz: number }>).reduce((n, t) => n + t.nnz, 0);
+    assert.ok(nnz <= 40 && nnz > 0, `${nnz} entries`);
+  });
+});

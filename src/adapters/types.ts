@@ -121,6 +121,11 @@ export interface MethodPreset {
   description: string;
   /** The PEFT config for these option values on a model. */
   config(o: PresetOptions, model: AdapterDescriptor): RawAdapterConfig;
+  /**
+   * Training that is more than one run (LT-SFT's two phases): given the run's options and the
+   * runner, it runs what it needs and returns the result whose adapter is the method's artefact.
+   */
+  train?<O extends { method: string; outDir: string; adapterConfig?: RawAdapterConfig }, R extends { adapterDir: string }>(o: O, run: (o: O) => R, options: PresetOptions): R;
 }
 
 /** One stacked tensor of a row-batched form: its shape per slot and the value of an empty slot. */

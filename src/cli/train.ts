@@ -328,12 +328,15 @@ export function registerTrainCommands(program: Command): void {
         model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
         labelWords: o.labelWords, classificationHead: o.classificationHead || undefined,
       };
-      const r = runTraining({
+      const runOpts = {
         model, tokenizer: tok, method: String(o.method), methodOptions: methodOpts, adapterConfig, train, validation, outDir,
         config, resume: !!o.resume, overwrite: !!o.overwrite, labels: labels.length ? labels : undefined, labelWords, labelCue: o.labelCue,
         progress: makeProgress(steps, { json: !!o.json }), identity, settingName: settingFlag,
-        onNotice: (m) => process.stderr.write(`adaptkit: ${m}\n`),
-      });
+        onNotice: (m: string) => process.stderr.write(`adaptkit: ${m}\n`),
+      };
+      // a method whose training is more than one run (LT-SFT's phases) runs it itself
+      const preset = o.method === FULL_FINE_TUNING || adapterConfig ? null : resolvePreset(String(o.method)).preset;
+      const r = preset?.train ? preset.train(runOpts, runTraining, methodOpts) : runTraining(runOpts);
       process.stderr.write(`adaptkit: trained ${r.result.steps} steps in ${r.result.seconds.toFixed(1)} s; adapter in ${r.adapterDir}, curves in ${join(outDir, 'curves.svg')}\n`);
       if (r.report.final_eval) process.stderr.write(`adaptkit: final evaluation ${JSON.stringify(r.report.final_eval)}\n`);
     });
