@@ -4,11 +4,12 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
+import { Engine } from '../src/serve/engine.js';
 import { main } from '../src/cli/main.js';
 import { CausalLMForSequenceClassification } from '../src/models/sequence-classification.js';
 import { labelLogProbs, labelAccuracy } from '../src/train/evaluate.js';
@@ -231,19 +232,19 @@ describe('classification head on a decoder', () => {
 describe('EOS after label words', () => {
   it('a label example\'s completion ends with EOS (and the label map\'s words before it)', () => {
     const e = ak.toExample({ kind: 'label', text: 'see you at 5', label: 'ham' }, tok, { labelCue: '\nSpam or ham?' });
-    assert.equal(e.completion[e.completion.length - 1], tok.eosId);
+    assert.equal(e.completion[e.completion.length - 1], ak.textEnd(tok));
     assert.equal(tok.decode(e.completion.slice(0, -1)), ' ham');
     const w = ak.toExample({ kind: 'label', text: 'see you at 5', label: 'ham' }, tok, { labelWords: new Map([['ham', 'fine']]) });
-    assert.equal(w.completion.at(-1), tok.eosId);
+    assert.equal(w.completion.at(-1), ak.textEnd(tok));
     assert.equal(tok.decode(w.completion.slice(0, -1)), ' fine');
-    assert.notEqual(ak.toExample({ kind: 'label', text: 'x', label: 'ham' }, tok, { eos: false }).completion.at(-1), tok.eosId);
+    assert.notEqual(ak.toExample({ kind: 'label', text: 'x', label: 'ham' }, tok, { eos: false }).completion.at(-1), ak.textEnd(tok));
   });
 
   it('greedy generation with a demo-style adapter stops right after the label', () => {
-    // llama2.c checkpoints end every text with BOS (run.c stops generating at it): their
-    // tokenizer's EOS never occurs in the training data, so this model cannot learn to emit it;
-    // BOS is this model's end of text
-    const endOfText = Object.create(tok, { eosId: { value: tok.bosId } }) as ak.Tokenizer;
+    // llama2.c checkpoints end every text with BOS (run.c stops generating at it), so label
+    // training ends with BOS and generation stops there
+    const endOfText = tok;
+    assert.equal(ak.textEnd(tok), tok.bosId);
     const make = (rs: ak.DataRecord[]) => ak.fitExamples(rs.map((r) => ak.toExample(r, endOfText, { labelCue: '\nSpam or ham?' })), 64, true).examples;
     const held = make(smsRecords.slice(0, 20));
     const model = stories();
@@ -258,6 +259,17 @@ describe('EOS after label words', () => {
       assert.equal(g.finishReason, 'stop', `"${g.text}" ran to the token limit`);
       assert.ok(g.text === ' ham' || g.text === ' spam', `generated "${g.text}"`);
     }
+    // the server's engine stops there too
+    am.setActive([]);
+    const adapters = join(tmp, 'eos-served');
+    cpSync(r.adapterDir, join(adapters, 'sms'), { recursive: true });
+    const engine = new Engine(model as never, tok, { maxBatch: 4, kvCacheMb: 2, blockSize: 8, maxLoadedAdapters: 2, maxRank: 8, maxQueue: 8, contextLength: 256, adapterDir: adapters });
+    const done: { text: string; finishReason: string }[] = [];
+    held.slice(0, 4).forEach((e, i) => engine.submit({ id: String(i), promptIds: [...e.head, ...e.body, ...e.tail], adapter: 'sms', maxTokens: 8, temperature: 0 }, () => {}, (d) => done.push(d), (err) => { throw err; }));
+    while (!engine.idle) engine.step();
+    engine.store.detach();
+    assert.equal(done.length, 4);
+    for (const d of done) assert.ok(d.finishReason === 'stop' && (d.text === ' ham' || d.text === ' spam'), `served "${d.text}" (${d.finishReason})`);
   });
 
   it('cleans up', () => rmSync(tmp, { recursive: true, force: true }));

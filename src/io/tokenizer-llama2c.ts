@@ -18,6 +18,8 @@ export class Llama2cTokenizer {
   private lookup = new Map<string, number>();
   readonly bosId = 1;
   readonly eosId = 2;
+  /** llama2.c's data puts BOS between stories (run.c stops generating at BOS): BOS ends a text. */
+  readonly endOfText = 1;
 
   /** @param source names the tokenizer in errors (its file) */
   constructor(pieces: Uint8Array[], scores: Float32Array, readonly source = 'llama2.c tokenizer') {

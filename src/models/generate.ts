@@ -1,6 +1,6 @@
 /** Autoregressive decoding with a KV cache: greedy or sampled, streamed token by token. */
 import { AdaptkitError, Rng, type Tensor, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
-import type { Tokenizer } from './tokenizer.js';
+import { type Tokenizer, stopTokensOf } from './tokenizer.js';
 import { TextStream } from './detokenize.js';
 
 /**
@@ -112,7 +112,7 @@ export function generate(
 ): GenerateResult {
   if (promptIds.length === 0) throw new AdaptkitError('generate: the prompt has no tokens (add BOS or some text)');
   const maxTokens = opts.maxTokens ?? 256;
-  const stops = new Set(opts.stopTokens ?? (tokenizer.eosId !== null ? [tokenizer.eosId] : []));
+  const stops = new Set(opts.stopTokens ?? stopTokensOf(tokenizer));
   const rng = new Rng(opts.seed ?? 0);
   const cache = model.newCache();
   const out: number[] = [];

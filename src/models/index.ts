@@ -2,7 +2,7 @@ export { loadModel, loadAnyModel, loadTokenizer, type LoadedModel, type CausalMo
 export { generate, sampleToken, type SamplingOptions, type GenerateResult, type CausalLM } from './generate.js';
 export { convertLlama2c } from './convert.js';
 export { KVCache } from './cache.js';
-export type { Tokenizer } from './tokenizer.js';
+export { type Tokenizer, textEnd, stopTokensOf } from './tokenizer.js';
 export { TextStream } from './detokenize.js';
 export { LlamaForCausalLM } from './llama/model.js';
 export { parseLlamaConfig, type LlamaConfig } from './llama/config.js';

@@ -7,7 +7,7 @@
  */
 import { Rng, type Tensor, bufferPool, narrow, noGrad, tensor, tidy } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
-import type { Tokenizer } from '../models/tokenizer.js';
+import { type Tokenizer, stopTokensOf } from '../models/tokenizer.js';
 import { sampleToken } from '../models/generate.js';
 import { TextStream } from '../models/detokenize.js';
 import { type AdapterRoute, AdapterStore, BASE_ROUTE, RequestError } from './adapter-store.js';
@@ -201,7 +201,11 @@ export class Engine {
   private cancelled = 0;
   private rate = { tokens: 0, since: Date.now(), value: 0 };
 
+  /** Tokens that end a sequence: EOS and the model's end of text. */
+  private readonly stopTokens: ReadonlySet<number>;
+
   constructor(readonly model: ServedModel, readonly tokenizer: Tokenizer, readonly opts: EngineOptions) {
+    this.stopTokens = new Set(stopTokensOf(tokenizer));
     this.store = new AdapterStore(model, opts.maxLoadedAdapters, opts.maxRank, opts.adapterDir);
     const s = kvShape(model);
     this.pool = new BlockPool(s.layers, s.kvHeads, s.headDim, opts.blockSize, BlockPool.blocksFor(opts.kvCacheMb, s.layers, s.kvHeads, s.headDim, opts.blockSize));
@@ -371,7 +375,7 @@ export class Engine {
       presencePenalty: r.presencePenalty, frequencyPenalty: r.frequencyPenalty, generated: s.generated, logitBias: r.logitBias,
     }, s.rng);
     s.pending = [next];
-    if (next === this.tokenizer.eosId) return this.finish(s, 'stop');
+    if (this.stopTokens.has(next)) return this.finish(s, 'stop');
     // computed before the token joins the sequence: the context its text is decoded in is what came before
     const lp = r.logprobs === undefined ? null : this.logprobOf(s, row, next);
     s.generated.push(next);

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { AdaptkitError, Rng } from '../tensor/index.js';
-import type { Tokenizer } from '../models/tokenizer.js';
+import { type Tokenizer, textEnd } from '../models/tokenizer.js';
 import { applyChatTemplate } from '../io/chat-template.js';
 import type { DataRecord } from './data.js';
 
@@ -56,7 +56,8 @@ function after(tok: Tokenizer, prefix: string, suffix: string): number[] {
 
 export function toExample(r: DataRecord, tok: Tokenizer, o: TemplateOptions = {}): Example {
   const head = tok.bosId !== null ? [tok.bosId] : [];
-  const eos = (o.eos ?? true) && tok.eosId !== null ? [tok.eosId] : [];
+  const end = textEnd(tok);
+  const eos = (o.eos ?? true) && end !== null ? [end] : [];
   switch (r.kind) {
     case 'completion':
       return { head, body: body(tok, r.prompt), tail: [], completion: [...after(tok, r.prompt, r.completion), ...eos] };
