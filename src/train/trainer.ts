@@ -91,7 +91,7 @@ function higherIsBetter(key: string): boolean {
 /** Thrown by `run()` after Ctrl-C: the step in progress was finished and checkpointed. */
 export class TrainingInterrupted extends AdaptkitError {
   constructor(readonly step: number, readonly steps: number, readonly checkpoint: string) {
-    super(`interrupted at step ${step} of ${steps}; checkpoint saved in ${checkpoint}; to continue, run the same command again with --resume (in code: run({ resume: true }))`);
+    super(`interrupted at step ${step} of ${steps}; checkpoint saved in ${checkpoint}; to continue, run the same command again with --resume`);
   }
 }
 
