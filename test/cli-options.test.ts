@@ -43,3 +43,12 @@ describe('numeric options', () => {
     assert.match(r.err, /--port must be an integer in \[0, 65535\], got "70000"/);
   });
 });
+
+describe('plugin specifiers', () => {
+  it('a file: URL is imported as it is; a missing file is named', async () => {
+    const { pluginUrl } = await import('../src/io/plugins.js');
+    const url = new URL('./one-file-method.test.ts', import.meta.url).href;
+    assert.equal(pluginUrl(url), url);
+    assert.throws(() => pluginUrl('./no-such-plugin.ts'), /plugin \.\/no-such-plugin\.ts: no such file/);
+  });
+});

@@ -22,6 +22,7 @@ export function pluginsFrom(argv: readonly string[], env = process.env.ADAPTKIT_
 
 /** A URL to import for a plugin: a file path (relative to the working folder) or a package name. */
 export function pluginUrl(spec: string): string {
+  if (spec.startsWith('file:')) return spec;
   const looksLikePath = spec.startsWith('.') || isAbsolute(spec) || /\.(m?[jt]s)$/.test(spec);
   if (!looksLikePath) return spec;
   const file = resolve(spec);
