@@ -21,7 +21,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AdaptkitError, Rng } from '../src/index.js';
+import { AdaptkitError } from '../src/index.js';
 import { AdapterModel, composeSparse, trainLtSft } from '../src/adapters/index.js';
 import { dataDir } from '../src/io/data.js';
 import { loadModel, loadTokenizer } from '../src/models/load.js';
@@ -29,27 +29,18 @@ import type { Tokenizer } from '../src/models/tokenizer.js';
 import { type DataRecord, readRecords } from '../src/train/data.js';
 import { demoModelDir } from '../src/train/demo.js';
 import { evaluateLoss, labelAccuracy } from '../src/train/evaluate.js';
-import { type Example, fitExamples, toExample } from '../src/train/examples.js';
+import { type Example, fitExamples, shuffleInPlace, toExample } from '../src/train/examples.js';
 import { labelFirstTokens, type RunOptions, type RunResult, runTraining } from '../src/train/run.js';
 import { describeMachine } from './machine.js';
 import { meanStd } from './methods.js';
 
-/** The demo's shuffle (as `bench methods`), so the splits equal those of that benchmark. */
-function shuffle<T>(items: T[], seed: number): T[] {
-  const rng = new Rng(seed);
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [items[i], items[j]] = [items[j]!, items[i]!];
-  }
-  return items;
-}
 
 interface Split { train: Example[]; heldOut: Example[] }
 
 function smsSplit(root: string, tok: Tokenizer): Split {
   const file = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
   const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
-  const all = shuffle(records.slice(), 0);
+  const all = shuffleInPlace(records.slice(), 0);
   const make = (rs: DataRecord[]) => fitExamples(rs.map((r) => toExample(r, tok, { labelCue: '\nSpam or ham?' })), 64, true, file).examples;
   return { train: make(all.slice(1000)), heldOut: make(all.slice(0, 1000)) };
 }
@@ -58,7 +49,7 @@ function gsm8kSplit(root: string, tok: Tokenizer): Split {
   const q = (f: string) => readRecords(join(root, 'datasets', 'gsm8k', f), { format: 'jsonl' }).records
     .flatMap((r) => (r.kind === 'completion' ? [r.prompt.trimEnd()] : []));
   const make = (qs: string[]) => fitExamples(qs.map((text) => toExample({ kind: 'text', text }, tok)), 96, true).examples;
-  return { train: make(shuffle(q('train.jsonl'), 0)), heldOut: make(q('test.jsonl').slice(0, 300)) };
+  return { train: make(shuffleInPlace(q('train.jsonl'), 0)), heldOut: make(q('test.jsonl').slice(0, 300)) };
 }
 
 export interface LtSftBenchOptions {

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  AdaptkitError, Rng, type Tensor, concat, expand, getBackend, narrow, nativeBackend, noGrad, setBackend, tensor, tidy,
+  AdaptkitError, type Tensor, concat, expand, getBackend, narrow, nativeBackend, noGrad, setBackend, tensor, tidy,
   type BackendName,
 } from '../src/index.js';
 import { AdapterModel, type PresetOptions, resolvePreset } from '../src/adapters/index.js';
@@ -33,7 +33,7 @@ import { describeModel, type Module } from '../src/nn/index.js';
 import { type DataRecord, readRecords } from '../src/train/data.js';
 import { demoModelDir } from '../src/train/demo.js';
 import { evaluateLoss, labelAccuracy } from '../src/train/evaluate.js';
-import { type Example, fitExamples, toExample } from '../src/train/examples.js';
+import { type Example, fitExamples, shuffleInPlace, toExample } from '../src/train/examples.js';
 import { labelFirstTokens, runTraining } from '../src/train/run.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -186,15 +186,6 @@ interface TaskDef {
 /** The split seed: fixed, so that every method and run seed sees the same examples. */
 export const SPLIT_SEED = 0;
 
-/** The demo's shuffle (Fisher-Yates over the demo's Rng), so the SMS split equals the demo's at seed 0. */
-function shuffle<T>(items: T[], seed: number): T[] {
-  const rng = new Rng(seed);
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [items[i], items[j]] = [items[j]!, items[i]!];
-  }
-  return items;
-}
 
 function labelExamples(records: DataRecord[], tok: Tokenizer, cue: string, maxLen: number, file: string): Example[] {
   return fitExamples(records.map((r) => toExample(r, tok, { labelCue: cue })), maxLen, true, file).examples;
@@ -214,7 +205,7 @@ const TASKS: Record<TaskName, TaskDef> = {
     load(root, tok, heldOut) {
       const file = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
       const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
-      const all = shuffle(records.slice(), SPLIT_SEED);
+      const all = shuffleInPlace(records.slice(), SPLIT_SEED);
       const make = (rs: DataRecord[]) => labelExamples(rs, tok, '\nSpam or ham?', this.maxLen, file);
       return { train: make(all.slice(this.heldOut)), heldOut: make(all.slice(0, Math.min(heldOut, this.heldOut))), labels: ['ham', 'spam'], files: [file] };
     },
@@ -225,7 +216,7 @@ const TASKS: Record<TaskName, TaskDef> = {
     load(root, tok, heldOut) {
       const file = join(root, 'datasets', 'ag_news_test', 'test.csv');
       const { records } = readRecords(file, { format: 'csv', textColumn: 'description', labelColumn: 'label' });
-      const all = shuffle(relabel(records, (l) => {
+      const all = shuffleInPlace(relabel(records, (l) => {
         const w = AG_NEWS_WORDS[l];
         if (!w) throw new AdaptkitError(`${file}: label "${l}" is not an AG News class (1-4)`);
         return w;
@@ -240,8 +231,8 @@ const TASKS: Record<TaskName, TaskDef> = {
     load(root, tok, heldOut) {
       const dir = join(root, 'datasets', 'banking77');
       const read = (f: string) => relabel(readRecords(join(dir, f), { format: 'tsv', textColumn: 'text', labelColumn: 'label' }).records, (l) => l.replace(/_/g, ' '));
-      const train = shuffle(read('train.tsv'), SPLIT_SEED);
-      const test = shuffle(read('test.tsv'), SPLIT_SEED).slice(0, Math.min(heldOut, this.heldOut));
+      const train = shuffleInPlace(read('train.tsv'), SPLIT_SEED);
+      const test = shuffleInPlace(read('test.tsv'), SPLIT_SEED).slice(0, Math.min(heldOut, this.heldOut));
       const labels = [...new Set(train.map((r) => (r as { label: string }).label))].sort();
       return {
         train: labelExamples(train, tok, '\nIntent:', this.maxLen, join(dir, 'train.tsv')),
@@ -258,7 +249,7 @@ const TASKS: Record<TaskName, TaskDef> = {
         .flatMap((r) => (r.kind === 'completion' ? [r.prompt.trimEnd()] : []));
       const make = (qs: string[]) => fitExamples(qs.map((text) => toExample({ kind: 'text', text }, tok)), this.maxLen, true).examples;
       return {
-        train: make(shuffle(q('train.jsonl'), SPLIT_SEED)),
+        train: make(shuffleInPlace(q('train.jsonl'), SPLIT_SEED)),
         heldOut: make(q('test.jsonl').slice(0, Math.min(heldOut, this.heldOut))),
         files: [join(root, 'datasets', 'gsm8k', 'train.jsonl'), join(root, 'datasets', 'gsm8k', 'test.jsonl')],
       };

@@ -8,12 +8,12 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { snapshotDownload } from '../io/hub.js';
 import { join, resolve } from 'node:path';
-import { AdaptkitError, Rng } from '../tensor/index.js';
+import { AdaptkitError } from '../tensor/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { AdapterModel } from '../adapters/index.js';
 import { dataDir, packageRoot } from '../io/data.js';
 import { type DataRecord, readRecords } from './data.js';
-import { type Example, fitExamples, toExample } from './examples.js';
+import { type Example, fitExamples, shuffleInPlace, toExample } from './examples.js';
 import { evaluateLoss, labelAccuracy } from './evaluate.js';
 import { type Progress } from './progress.js';
 import { labelFirstTokens, runTraining } from './run.js';
@@ -44,14 +44,6 @@ export interface DemoResult {
   eval_examples: number;
 }
 
-function shuffle<T>(items: T[], seed: number): T[] {
-  const rng = new Rng(seed);
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [items[i], items[j]] = [items[j]!, items[i]!];
-  }
-  return items;
-}
 
 /** The demo model's files, as llama2.c published them (sha256 checked after a download). */
 export const STORIES260K = {
@@ -122,7 +114,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
   if (o.task === 'sms') {
     const file = smsFile;
     const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
-    const all = shuffle(records.slice(), seed);
+    const all = shuffleInPlace(records.slice(), seed);
     seqLen = 64;
     const make = (rs: DataRecord[]) => fitExamples(rs.map((r) => toExample(r, tok, { labelCue: '\nSpam or ham?' })), seqLen, true, file).examples;
     evalSet = make(all.slice(0, 1000));
@@ -133,7 +125,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
     const testQ = questionsOf(join(root, 'datasets', 'gsm8k', 'test.jsonl'));
     seqLen = 96;
     const make = (qs: string[]) => fitExamples(qs.map((q) => toExample({ kind: 'text', text: q }, tok)), seqLen, true).examples;
-    train = make(shuffle(trainQ, seed));
+    train = make(shuffleInPlace(trainQ, seed));
     evalSet = make(testQ.slice(0, 300));
   }
   const measure = (am: AdapterModel): number =>

@@ -161,13 +161,18 @@ export function fitExamples(examples: readonly Example[], maxLen: number, allowT
 }
 
 /** Shuffled train/validation split (deterministic for a seed). */
-export function splitExamples<T>(items: readonly T[], validation: number, seed: number): { train: T[]; validation: T[] } {
-  const idx = Array.from(items.keys());
+/** Fisher-Yates shuffle of `items` in place with a seeded generator (the same order on every platform); returns it. */
+export function shuffleInPlace<T>(items: T[], seed: number): T[] {
   const rng = new Rng(seed);
-  for (let i = idx.length - 1; i > 0; i--) {
+  for (let i = items.length - 1; i > 0; i--) {
     const j = rng.int(i + 1);
-    [idx[i], idx[j]] = [idx[j]!, idx[i]!];
+    [items[i], items[j]] = [items[j]!, items[i]!];
   }
+  return items;
+}
+
+export function splitExamples<T>(items: readonly T[], validation: number, seed: number): { train: T[]; validation: T[] } {
+  const idx = shuffleInPlace(Array.from(items.keys()), seed);
   const n = validation < 1 ? Math.round(validation * items.length) : Math.min(items.length, Math.floor(validation));
   return { validation: idx.slice(0, n).map((i) => items[i]!), train: idx.slice(n).map((i) => items[i]!) };
 }
