@@ -10,11 +10,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ak from '../src/index.js';
 import { Engine } from '../src/serve/engine.js';
-import { main } from '../src/cli/main.js';
 import { CausalLMForSequenceClassification } from '../src/models/sequence-classification.js';
 import { labelLogProbs, labelAccuracy } from '../src/train/evaluate.js';
 import { readLabelWords } from '../src/train/examples.js';
 import { labelFirstTokens, labelSequences } from '../src/train/run.js';
+import { runCli as cli } from './cli-run.js';
 
 const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-cls-'));
@@ -27,23 +27,6 @@ const BANKING = join(DATA, 'datasets', 'banking77');
 const SMS = join(DATA, 'datasets', 'sms_spam', 'SMSSpamCollection');
 const smsRecords = ak.readRecords(SMS, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' }).records as Extract<ak.DataRecord, { kind: 'label' }>[];
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  const ol = console.log;
-  process.stdout.write = ((s: string | Uint8Array) => ((out += String(s)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string | Uint8Array) => ((err += String(s)), true)) as typeof process.stderr.write;
-  console.log = (...a: unknown[]) => void (out += `${a.join(' ')}\n`);
-  try {
-    return { code: await main(['node', 'adaptkit', ...args]), out, err };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-    console.log = ol;
-  }
-}
 
 /** SMS records as a TSV file the CLI reads with --text-column SMS --label-column Label --no-quote. */
 function smsFile(name: string, rs: readonly { text: string; label: string }[]): string {

@@ -2,22 +2,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { main } from '../src/cli/main.js';
 import { dataDir } from '../src/io/data.js';
+import { runCli as err } from './cli-run.js';
 
-async function err(...args: string[]): Promise<{ code: number; err: string }> {
-  let e = '';
-  const oe = console.error;
-  const ow = process.stdout.write.bind(process.stdout);
-  console.error = (...a: unknown[]) => void (e += `${a.join(' ')}\n`);
-  process.stdout.write = (() => true) as typeof process.stdout.write;
-  try {
-    return { code: await main(['node', 'adaptkit', ...args]), err: e };
-  } finally {
-    console.error = oe;
-    process.stdout.write = ow;
-  }
-}
 
 describe('numeric options', () => {
   const D = join(dataDir(), 'models', 'stories260K');

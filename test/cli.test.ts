@@ -5,33 +5,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { main } from '../src/cli/main.js';
 import { dataDir } from '../src/io/data.js';
+import { runCli as run } from './cli-run.js';
 
 const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-cli-'));
 
-async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  const ol = console.log;
-  const oe = console.error;
-  process.stdout.write = ((s: string | Uint8Array) => ((out += String(s)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string | Uint8Array) => ((err += String(s)), true)) as typeof process.stderr.write;
-  console.log = (...a: unknown[]) => void (out += `${a.join(' ')}\n`);
-  console.error = (...a: unknown[]) => void (err += `${a.join(' ')}\n`);
-  try {
-    const code = await main(['node', 'adaptkit', ...args]);
-    return { code, out, err };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-    console.log = ol;
-    console.error = oe;
-  }
-}
 
 describe('adaptkit CLI', () => {
   const llama = join(FIX, 'models', 'llama-gqa');

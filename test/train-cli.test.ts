@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { main } from '../src/cli/main.js';
 import { dataDir } from '../src/io/data.js';
+import { runCli as cli } from './cli-run.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'adaptkit-train-cli-'));
 const D = join(dataDir(), 'models', 'stories260K');
@@ -15,26 +15,6 @@ const names = ['Lily', 'Tom', 'the cat', 'a dog'];
 writeFileSync(data, Array.from({ length: 24 }, (_, i) => JSON.stringify({ prompt: `${names[i % 4]} saw ${names[(i * 3) % 4]}.`, completion: ` They were ${i % 2 ? 'happy' : 'sad'}.` })).join('\n'));
 const TRAIN = ['train', ...MODEL, '--data', data, '--method', 'lora', '--r', '4', '--steps', '2', '--batch-size', '4', '--seq-len', '32', '--checkpoint-every', '1', '--json'];
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  const ol = console.log;
-  const oe = console.error;
-  process.stdout.write = ((s: string | Uint8Array) => ((out += String(s)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string | Uint8Array) => ((err += String(s)), true)) as typeof process.stderr.write;
-  console.log = (...a: unknown[]) => void (out += `${a.join(' ')}\n`);
-  console.error = (...a: unknown[]) => void (err += `${a.join(' ')}\n`);
-  try {
-    return { code: await main(['node', 'adaptkit', ...args]), out, err };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-    console.log = ol;
-    console.error = oe;
-  }
-}
 
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
