@@ -46,6 +46,7 @@
  * for bit. Training checkpoints keep the latent float weights (checkpointState), since
  * re-quantizing dequantized weights is not the identity.
  */
+import { entryHeaderBytes, writeEntryHeader } from '../packed-file.js';
 import { readFileSync } from 'node:fs';
 import {
   AdaptkitError, type Tensor, add, addmm, clone, detach, div, dropout, fromBuffer, linear, matmul, mean, mul, noGrad,
@@ -272,7 +273,7 @@ export function packLowbit(bits: number, tensors: readonly PackedTensor[]): Uint
   const codes = book(b).codes32;
   const names = tensors.map((t) => Buffer.from(t.name, 'utf8'));
   let size = 20 + 4 * codes.length;
-  tensors.forEach((t, i) => (size += 16 + names[i]!.length + 4 * t.shape.length + packedBytes(t.indices.length, b)));
+  tensors.forEach((t, i) => (size += entryHeaderBytes(names[i]!, t.shape) + 8 + packedBytes(t.indices.length, b)));
   const out = new Uint8Array(size);
   const dv = new DataView(out.buffer);
   out.set(Buffer.from(MAGIC, 'ascii'), 0);
@@ -288,15 +289,7 @@ export function packLowbit(bits: number, tensors: readonly PackedTensor[]): Uint
   tensors.forEach((t, ti) => {
     const n = t.shape.reduce((p, d) => p * d, 1);
     if (n !== t.indices.length) throw new AdaptkitError(`packLowbit: "${t.name}" has shape [${t.shape.join(', ')}] but ${t.indices.length} codes`);
-    dv.setUint32(o, names[ti]!.length, true);
-    out.set(names[ti]!, o + 4);
-    o += 4 + names[ti]!.length;
-    dv.setUint32(o, t.shape.length, true);
-    o += 4;
-    for (const d of t.shape) {
-      dv.setUint32(o, d, true);
-      o += 4;
-    }
+    o = writeEntryHeader(out, dv, o, names[ti]!, t.shape);
     dv.setFloat32(o, t.mean, true);
     dv.setFloat32(o + 4, t.std, true);
     o += 8;

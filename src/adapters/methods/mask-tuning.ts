@@ -65,6 +65,7 @@
  * that name the file and the field; `MaskTuningAdapter.loadMaskFile` puts its masks into an
  * adapter, checking every name and shape against the model.
  */
+import { entryHeaderBytes, writeEntryHeader } from '../packed-file.js';
 import { readFileSync } from 'node:fs';
 import {
   AdaptkitError, type Rng, type Tensor, add, addmm, backward, clone, compare, defaultRng, detach, fromBuffer, full, inference,
@@ -272,7 +273,7 @@ function numel(shape: readonly number[]): number {
 export function packMasks(masks: readonly PackedMask[]): Uint8Array {
   const names = masks.map((m) => Buffer.from(m.name, 'utf8'));
   let size = HEADER_BYTES;
-  masks.forEach((m, i) => (size += 8 + names[i]!.length + 4 * m.shape.length + Math.ceil(numel(m.shape) / 8)));
+  masks.forEach((m, i) => (size += entryHeaderBytes(names[i]!, m.shape) + Math.ceil(numel(m.shape) / 8)));
   const out = new Uint8Array(size);
   const dv = new DataView(out.buffer);
   out.set(Buffer.from(MAGIC, 'ascii'), 0);
@@ -282,15 +283,7 @@ export function packMasks(masks: readonly PackedMask[]): Uint8Array {
   masks.forEach((m, mi) => {
     const n = numel(m.shape);
     if (n !== m.bits.length) throw new AdaptkitError(`packMasks: "${m.name}" has shape [${m.shape.join(', ')}] but ${m.bits.length} mask entries`);
-    dv.setUint32(o, names[mi]!.length, true);
-    out.set(names[mi]!, o + 4);
-    o += 4 + names[mi]!.length;
-    dv.setUint32(o, m.shape.length, true);
-    o += 4;
-    for (const d of m.shape) {
-      dv.setUint32(o, d, true);
-      o += 4;
-    }
+    o = writeEntryHeader(out, dv, o, names[mi]!, m.shape);
     for (let i = 0; i < n; i++) {
       const v = m.bits[i]!;
       if (v !== 0 && v !== 1) throw new AdaptkitError(`packMasks: "${m.name}" entry ${i} is ${v}; a mask holds 0 and 1`);
