@@ -105,20 +105,12 @@ export class RowStacks {
     const K = Math.max(1, ...rows.map((x) => x.length));
     const plain = K === 1 && rows.every((x) => (x[0]?.weight ?? 1) === 1);
     if (!plain && !this.form.mixable?.(this.key)) throw new AdaptkitError('these adapters cannot be mixed row by row (their delta is not linear in their weights)');
-    const part = (k: number) => ({
-      rows: tensor(rows.map((x) => x[k]?.slot ?? 0), [rows.length], { dtype: 'i32' }).keep(),
-      weights: tensor(rows.map((x) => x[k]?.weight ?? 0), [rows.length]).keep(),
-    });
-    const first = part(0);
-    r.rows = first.rows;
-    if (plain) {
-      first.weights.dispose();
-      r.weights = null;
-      r.more = [];
-    } else {
-      r.weights = first.weights;
-      r.more = Array.from({ length: K - 1 }, (_, k) => part(k + 1));
-    }
+    const slots = (k: number) => tensor(rows.map((x) => x[k]?.slot ?? 0), [rows.length], { dtype: 'i32' }).keep();
+    const weights = (k: number) => tensor(rows.map((x) => x[k]?.weight ?? 0), [rows.length]).keep();
+    r.rows = slots(0);
+    // the common case, one adapter per row at weight 1, builds nothing more on the decode path
+    r.weights = plain ? null : weights(0);
+    r.more = plain ? [] : Array.from({ length: K - 1 }, (_, k) => ({ rows: slots(k + 1), weights: weights(k + 1) }));
   }
 
   deltas(): Map<string, LayerDelta & Module> {
