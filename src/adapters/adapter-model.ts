@@ -7,7 +7,7 @@ import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../te
 import { type AdapterDescriptor, Linear, Module, describeModel } from '../nn/index.js';
 import { getMethod, isMergeable } from './registry.js';
 import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
-import type { AdapterInstance, AdapterMethod, BaseAdapterConfig, LayerDelta, RawAdapterConfig } from './types.js';
+import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, TaskRouting } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { loadAdapter, saveAdapter } from './peft-io.js';
 import { forwardMixed, withRowAdapters } from './mixed.js';
@@ -53,6 +53,8 @@ const MAX_ADAPTER_TO_MODEL = 4;
 
 export class AdapterModel<M extends Module = Module> {
   readonly adapters = new Map<string, AdapterInstance>();
+  /** Per-row task ids that task-routed adapters read during a forward (see `forward`). */
+  readonly tasks = new TaskRouting();
   /** Trainable copies of modules_to_save, per adapter, by path. */
   readonly saved = new Map<string, Map<string, Module>>();
   private originals = new Map<string, Module | null>();
@@ -117,7 +119,7 @@ export class AdapterModel<M extends Module = Module> {
           throw new AdaptkitError(`adapter "${name}": its config asks for ${n} parameters, ${Math.round(n / base)}x the base model's ${base}; check the size fields (r, bottleneck size, virtual tokens)`);
         }
       }
-      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), model: this.model, descriptor, covariance: opts.covariance });
+      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), tasks: this.tasks, model: this.model, descriptor, covariance: opts.covariance });
       this.adapters.set(name, inst);
       if (config.modules_to_save?.length) {
         const copies = new Map<string, Module>();
@@ -293,9 +295,20 @@ export class AdapterModel<M extends Module = Module> {
     return m.newCache();
   }
 
-  /** The model's forward with the active adapters. */
-  forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null } = {}): Tensor {
-    return (this.model as unknown as ForwardModel).forward(ids, opts);
+  /**
+   * The model's forward with the active adapters. `taskIds` (one per row, or one for all rows)
+   * routes task-conditioned methods for this forward only.
+   */
+  forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null; taskIds?: ArrayLike<number> | null } = {}): Tensor {
+    const { taskIds, ...rest } = opts;
+    if (taskIds === undefined) return (this.model as unknown as ForwardModel).forward(ids, rest);
+    const before = this.tasks.ids;
+    this.tasks.ids = taskIds === null ? null : Int32Array.from(taskIds);
+    try {
+      return (this.model as unknown as ForwardModel).forward(ids, rest);
+    } finally {
+      this.tasks.ids = before;
+    }
   }
 
   /** Run fn with a mixed-adapter batch: row i uses adapter rowAdapters[i] (null: none); all row-batched. */

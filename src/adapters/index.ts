@@ -28,6 +28,7 @@ export { peftKey, splitPeftKey, readAdapterConfig, adapterWeightsFile, readTenso
 export { parseBase, baseJson, optInt, optNumber, optBool, optString, AdapterConfigError } from './config.js';
 export {
   RowRouting,
+  TaskRouting,
   type AdapterMethod, type AdapterInstance, type LayerDelta, type BaseAdapterConfig, type RawAdapterConfig, type TargetInfo,
   type MethodOption, type MethodPreset, type PresetOptions, type RowBatchedForm, type SlotTensor, type CombineOptions, type CreateContext,
 } from './types.js';

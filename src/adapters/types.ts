@@ -7,7 +7,7 @@
  * model swaps in (rule: no state flags in forward).
  */
 import type { AdapterDescriptor, Linear, Module, TargetSpec } from '../nn/index.js';
-import type { Rng, Tensor } from '../tensor/index.js';
+import { AdaptkitError, type Rng, type Tensor } from '../tensor/index.js';
 import type { AdapterModel } from './adapter-model.js';
 
 export type RawAdapterConfig = Record<string, unknown>;
@@ -51,8 +51,31 @@ export interface TargetInfo {
   layerIndex: number | null;
 }
 
+/**
+ * The task of every row of the next forward, for methods that route by task (Poly/MHR). The
+ * caller sets it (multi-task training, evaluation, a request's task id); null: no task given.
+ */
+export class TaskRouting {
+  ids: Int32Array | null = null;
+
+  /** Task id of row `row`, checked against the method's task count. */
+  task(row: number, nTasks: number, who: string): number {
+    const ids = this.ids;
+    if (!ids) {
+      if (nTasks === 1) return 0;
+      throw new AdaptkitError(`${who} routes by task (n_tasks ${nTasks}) but the forward was given no task ids`);
+    }
+    const t = ids.length === 1 ? ids[0]! : ids[row];
+    if (t === undefined) throw new AdaptkitError(`${who}: ${ids.length} task ids for a batch with row ${row}`);
+    if (t < 0 || t >= nTasks) throw new AdaptkitError(`${who}: task id ${t} is outside 0..${nTasks - 1}`);
+    return t;
+  }
+}
+
 export interface CreateContext {
   rng: Rng;
+  /** Per-row task ids of each forward (shared by all adapters of the model). */
+  tasks: TaskRouting;
   model: Module;
   descriptor: AdapterDescriptor;
   /** Input covariance per target path (CorDA), when calibration data was given. */
