@@ -7,7 +7,7 @@ import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../te
 import { type AdapterDescriptor, Linear, Module, describeModel } from '../nn/index.js';
 import { getMethod, isMergeable } from './registry.js';
 import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
-import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, TaskRouting } from './types.js';
+import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, PromptSpans, TaskRouting } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { loadAdapter, saveAdapter } from './peft-io.js';
 import { forwardMixed, withRowAdapters } from './mixed.js';
@@ -55,6 +55,8 @@ export class AdapterModel<M extends Module = Module> {
   readonly adapters = new Map<string, AdapterInstance>();
   /** Per-row task ids that task-routed adapters read during a forward (see `forward`). */
   readonly tasks = new TaskRouting();
+  /** Per-row prompt lengths that instruction-conditioned adapters read during a forward. */
+  readonly prompts = new PromptSpans();
   /** Trainable copies of modules_to_save, per adapter, by path. */
   readonly saved = new Map<string, Map<string, Module>>();
   private originals = new Map<string, Module | null>();
@@ -119,7 +121,7 @@ export class AdapterModel<M extends Module = Module> {
           throw new AdaptkitError(`adapter "${name}": its config asks for ${n} parameters, ${Math.round(n / base)}x the base model's ${base}; check the size fields (r, bottleneck size, virtual tokens)`);
         }
       }
-      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), tasks: this.tasks, model: this.model, descriptor, covariance: opts.covariance });
+      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), tasks: this.tasks, prompts: this.prompts, model: this.model, descriptor, covariance: opts.covariance });
       this.adapters.set(name, inst);
       if (config.modules_to_save?.length) {
         const copies = new Map<string, Module>();
@@ -297,17 +299,21 @@ export class AdapterModel<M extends Module = Module> {
 
   /**
    * The model's forward with the active adapters. `taskIds` (one per row, or one for all rows)
-   * routes task-conditioned methods for this forward only.
+   * routes task-conditioned methods and `promptLengths` (one per row) marks each row's prompt,
+   * for this forward only.
    */
-  forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null; taskIds?: ArrayLike<number> | null } = {}): Tensor {
-    const { taskIds, ...rest } = opts;
-    if (taskIds === undefined) return (this.model as unknown as ForwardModel).forward(ids, rest);
-    const before = this.tasks.ids;
-    this.tasks.ids = taskIds === null ? null : Int32Array.from(taskIds);
+  forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null; taskIds?: ArrayLike<number> | null; promptLengths?: ArrayLike<number> | null } = {}): Tensor {
+    const { taskIds, promptLengths, ...rest } = opts;
+    const run = () => (this.model as unknown as ForwardModel).forward(ids, rest);
+    if (taskIds === undefined && promptLengths === undefined) return run();
+    const before = { tasks: this.tasks.ids, prompts: this.prompts.lengths };
+    if (taskIds !== undefined) this.tasks.ids = taskIds === null ? null : Int32Array.from(taskIds);
+    if (promptLengths !== undefined) this.prompts.lengths = promptLengths === null ? null : Int32Array.from(promptLengths);
     try {
-      return (this.model as unknown as ForwardModel).forward(ids, rest);
+      return run();
     } finally {
-      this.tasks.ids = before;
+      this.tasks.ids = before.tasks;
+      this.prompts.lengths = before.prompts;
     }
   }
 

@@ -29,6 +29,7 @@ export { parseBase, baseJson, optInt, optNumber, optBool, optString, AdapterConf
 export {
   RowRouting,
   TaskRouting,
+  PromptSpans,
   type AdapterMethod, type AdapterInstance, type LayerDelta, type BaseAdapterConfig, type RawAdapterConfig, type TargetInfo,
   type MethodOption, type MethodPreset, type PresetOptions, type RowBatchedForm, type SlotTensor, type CombineOptions, type CreateContext,
 } from './types.js';

@@ -72,8 +72,19 @@ export class TaskRouting {
   }
 }
 
+/**
+ * How many leading tokens of every row of the next forward are its prompt (the instruction, as
+ * opposed to the response the loss is taken on), for methods conditioned on the instruction
+ * alone (IAPT). The caller sets it (training batches, generation prefill); null: not given.
+ */
+export class PromptSpans {
+  lengths: Int32Array | null = null;
+}
+
 export interface CreateContext {
   rng: Rng;
+  /** Per-row prompt lengths of each forward (shared by all adapters of the model). */
+  prompts: PromptSpans;
   /** Per-row task ids of each forward (shared by all adapters of the model). */
   tasks: TaskRouting;
   model: Module;
