@@ -18,8 +18,12 @@ import { DEFAULT_LABEL_CUE, type Example, type LabelWords, fitExamples, readLabe
 import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
-import { FULL_FINE_TUNING, LABELS_FILE, checkRunDir, labelSequences, labelsInOrder, notAFolder, readLabelsFile, runTraining } from '../train/run.js';
+import { FULL_FINE_TUNING, LABELS_FILE, type RunOptions, checkRunDir, labelSequences, labelsInOrder, notAFolder, readLabelsFile, runTraining } from '../train/run.js';
 import { type DemoTask, demoModelDir, runDemo } from '../train/demo.js';
+import {
+  DEFAULT_TASK_TEMPERATURE, type ManifestTask, TASKS_FILE, TASK_SAMPLINGS, type TaskData, type TaskSampling, type TasksFile, type TasksFileTask, checkTaskName, checkUniqueNames, prefixRecord,
+  readTaskManifest, readTasksFile,
+} from '../train/multitask.js';
 import { dataDir } from '../io/data.js';
 import type { ScheduleName } from '../train/schedule.js';
 import { SAMPLING_RANGES } from '../models/sampling-rules.js';
@@ -44,6 +48,8 @@ const RANGES = {
   seed: SAMPLING_RANGES.seed,
   // one token of input and one to predict
   seqLen: atLeast(2),
+  taskTemperature: { min: 0, max: Infinity, minExclusive: true },
+  taskId: atLeast(0),
   maxNewTokens: atLeast(1),
   limit: atLeast(1),
 } satisfies Record<string, OptionRange>;
@@ -83,6 +89,8 @@ function kebab(name: string): string {
 
 function settingFlag(path: string): string {
   const [head = '', key, ...rest] = path.split('.');
+  if (head === 'tasks' && key) return rest.length ? `the ${kebab(rest.join('.'))} of task ${key}` : `task ${key}`;
+  if (head === 'taskOrder') return 'the tasks (--data NAME=FILE or --tasks)';
   if (head === 'config' && key) return `--${CONFIG_FLAGS[key] ?? kebab(key)}`;
   if (head === 'methodOptions' && key) return `--${key}`;
   if (head === 'adapterConfig' && key) return `"${[key, ...rest].join('.')}" of --adapter-config`;
@@ -110,9 +118,22 @@ interface DataFlags {
   labelWords?: string;
 }
 
-function addDataOptions(c: Command): Command {
-  return c
-    .requiredOption('--data <file>', 'JSONL ({"prompt","completion"}, {"messages"}, {"text"}, {"text","label"}, {"question","answer"}) or CSV/TSV')
+const DATA_HELP = 'JSONL ({"prompt","completion"}, {"messages"}, {"text"}, {"text","label"}, {"question","answer"}) or CSV/TSV';
+const LABEL_WORDS_HELP = 'label map: train on (and score) these words instead of the label names; a JSON object {"label": "words"} or a TSV of label<TAB>words lines';
+
+function collect(v: string, acc: string[]): string[] {
+  return [...acc, v];
+}
+
+/**
+ * Data options; `multi` (train) makes --data and --label-words repeatable, as NAME=FILE for one
+ * task each of a multi-task run.
+ */
+function addDataOptions(c: Command, multi = false): Command {
+  const data = multi
+    ? c.option('--data <file>', `${DATA_HELP}; repeat as --data NAME=FILE for multi-task training (task ids 0, 1, ... in the order given)`, collect, [] as string[])
+    : c.requiredOption('--data <file>', DATA_HELP);
+  const withData = data
     .option('--format <f>', 'jsonl, csv or tsv (default: from the file extension)')
     .option('--text-column <c>', 'CSV/TSV column with the text (name or index)')
     .option('--label-column <c>', 'CSV/TSV column with a label (classification as label words)')
@@ -122,8 +143,96 @@ function addDataOptions(c: Command): Command {
     .option('--skip-bad-lines', 'skip (and count) malformed lines instead of stopping at the first')
     .option('--seq-len <n>', ranged('longest sequence in tokens', RANGES.seqLen, ", at most the model's context (the default is cut down to it)"), '256')
     .option('--no-truncate', 'fail on examples longer than --seq-len instead of cutting them (with a warning)')
-    .option('--label-cue <text>', 'text between a classification input and its label', DEFAULT_LABEL_CUE)
-    .option('--label-words <file>', 'label map: train on (and score) these words instead of the label names; a JSON object {"label": "words"} or a TSV of label<TAB>words lines');
+    .option('--label-cue <text>', 'text between a classification input and its label', DEFAULT_LABEL_CUE);
+  return multi
+    ? withData.option('--label-words <file>', `${LABEL_WORDS_HELP}; with several tasks NAME=FILE for one task (repeatable), a plain FILE for every label task`, collect, [] as string[])
+    : withData.option('--label-words <file>', LABEL_WORDS_HELP);
+}
+
+/** `NAME=FILE` split, or null for a plain file (an existing file is always a file, even with "=" in its name). */
+function namedValue(option: string, v: string): { name: string; value: string } | null {
+  const eq = v.indexOf('=');
+  if (eq < 0 || existsSync(v)) return null;
+  const name = v.slice(0, eq);
+  // a path with "=" in a folder name is a file, not a task
+  if (name.includes('/') || name.includes('\\')) return null;
+  checkTaskName(name, `--${option} ${v}`);
+  const value = v.slice(eq + 1);
+  if (value === '') throw new AdaptkitError(`--${option} ${v}: no file after "${name}="`);
+  return { name, value };
+}
+
+/** A task of `adaptkit train` before its data is read: where it comes from and how to read it. */
+interface TaskSpec extends ManifestTask {
+  /** The option that named it, for messages. */
+  origin: string;
+}
+
+interface MultiTaskFlags {
+  data?: string[];
+  tasks?: string;
+  valData?: string[];
+  labelWords?: string[];
+  taskSampling?: string;
+  taskTemperature?: string;
+  taskPrefix?: boolean;
+}
+
+/**
+ * The tasks of a multi-task run (--data NAME=FILE repeated, or --tasks MANIFEST), or null for a
+ * run on one plain --data FILE, which trains as it always did.
+ */
+function taskSpecs(o: MultiTaskFlags): TaskSpec[] | null {
+  const data = o.data ?? [];
+  const valData = o.valData ?? [];
+  const labelWords = o.labelWords ?? [];
+  if (o.tasks !== undefined && data.length) throw new AdaptkitError('give the data either as --data (FILE, or NAME=FILE per task) or as --tasks MANIFEST, not both');
+  if (o.tasks === undefined && data.length === 0) throw new AdaptkitError('no data: give --data FILE (or --data NAME=FILE once per task) or --tasks MANIFEST');
+  let specs: TaskSpec[];
+  if (o.tasks !== undefined) {
+    for (const [flag, v] of [['val-data', valData], ['label-words', labelWords]] as const) {
+      if (v.length) throw new AdaptkitError(`--${flag} does not go with --tasks: set "${flag.replace('-', '_')}" on the task in ${o.tasks}`);
+    }
+    specs = readTaskManifest(o.tasks).map((t, i) => ({ ...t, origin: `--tasks ${o.tasks}: tasks[${i}]` }));
+  } else {
+    const named = data.map((d) => namedValue('data', d));
+    if (named.every((n) => n === null) && data.length === 1) return null;
+    const plain = data.find((_, i) => named[i] === null);
+    if (plain !== undefined) throw new AdaptkitError(`--data ${plain}: with several data files each one names its task, as --data NAME=FILE`);
+    specs = named.map((n) => ({ name: n!.name, data: n!.value, origin: `--data ${n!.name}=${n!.value}` }));
+    checkUniqueNames(specs.map((t) => t.name), (i) => specs[i]!.origin);
+    const byName = new Map(specs.map((t) => [t.name, t]));
+    /** Values of a per-task option: NAME=FILE for one task; a plain FILE (where allowed) for every task, which a named one overrides. */
+    const perTask = (flag: string, values: string[], key: 'valData' | 'labelWords', plainForAll: boolean) => {
+      const named = new Set<string>();
+      const split = values.map((v) => ({ v, n: namedValue(flag, v) }));
+      const plains = split.filter((x) => x.n === null);
+      if (plains.length && !plainForAll) throw new AdaptkitError(`--${flag} ${plains[0]!.v}: with several tasks, name the task it is for, as --${flag} NAME=FILE`);
+      if (plains.length > 1) throw new AdaptkitError(`--${flag} is given for every task twice (${plains.map((x) => x.v).join(', ')})`);
+      if (plains.length) for (const t of specs) t[key] = plains[0]!.v;
+      for (const { v, n } of split) {
+        if (n === null) continue;
+        const t = byName.get(n.name);
+        if (!t) throw new AdaptkitError(`--${flag} ${v}: no task is named "${n.name}" (tasks: ${specs.map((x) => x.name).join(', ')})`);
+        if (named.has(n.name)) throw new AdaptkitError(`--${flag} ${v}: task "${n.name}" is given --${flag} twice`);
+        named.add(n.name);
+        t[key] = n.value;
+      }
+    };
+    perTask('val-data', valData, 'valData', false);
+    perTask('label-words', labelWords, 'labelWords', true);
+  }
+  return specs;
+}
+
+/** --task-sampling and --task-temperature (a temperature alone means temperature sampling). */
+function taskSamplingOf(o: MultiTaskFlags): { sampling: TaskSampling; temperature?: number } {
+  const given = o.taskSampling;
+  if (given !== undefined && !TASK_SAMPLINGS.includes(given as TaskSampling)) throw new AdaptkitError(`--task-sampling must be ${TASK_SAMPLINGS.join(', ')}, got "${given}"`);
+  const temperature = o.taskTemperature === undefined ? undefined : numberOption('task-temperature', o.taskTemperature, RANGES.taskTemperature);
+  const sampling = (given ?? (temperature !== undefined ? 'temperature' : 'size')) as TaskSampling;
+  if (temperature !== undefined && sampling !== 'temperature') throw new AdaptkitError(`--task-temperature applies to --task-sampling temperature, not ${sampling}`);
+  return sampling === 'temperature' ? { sampling, temperature: temperature ?? DEFAULT_TASK_TEMPERATURE } : { sampling };
 }
 
 /** The label map of --label-words, checked to cover every label of the data. */
@@ -151,15 +260,90 @@ function recordLabels(records: readonly DataRecord[]): string[] {
 }
 
 function loadExamples(
-  f: DataFlags, seqLen: number, tok: Parameters<typeof toExample>[1], chat: { template: string | null }, labelWords?: LabelWords,
+  f: DataFlags, seqLen: number, tok: Parameters<typeof toExample>[1], chat: { template: string | null }, labelWords?: LabelWords, transform?: (r: DataRecord) => DataRecord,
 ): { examples: Example[]; labels: string[]; labelWords?: LabelWords } {
-  const records = readData(f);
+  const read = readData(f);
+  const records = transform ? read.map(transform) : read;
   const words = labelWords ?? labelWordsFor(f, recordLabels(records));
   const ex = records.map((r) => toExample(r, tok, { labelCue: f.labelCue, labelWords: words, chatTemplate: chat.template }));
   const { examples, truncated } = fitExamples(ex, seqLen, f.truncate, f.data);
   if (truncated) process.stderr.write(`adaptkit: warning: ${truncated} example(s) longer than ${seqLen} tokens were truncated (--no-truncate makes this an error)\n`);
   const labels = [...new Set(examples.map((e) => e.label).filter((l): l is string => l !== undefined))].sort();
   return { examples, labels, labelWords: words };
+}
+
+interface TaskLoad {
+  seqLen: number;
+  tok: Parameters<typeof toExample>[1];
+  chat: { template: string | null };
+  /** --val-split, for a task without validation data of its own. */
+  val: number;
+  seed: number;
+  prefix: boolean;
+}
+
+/**
+ * One task's examples: its data read with its own format options (a manifest's, else the
+ * command line's), its validation data or split, and its labels and label words.
+ */
+function loadTask(t: TaskSpec, o: DataFlags, l: TaskLoad): TaskData {
+  const f: DataFlags = {
+    ...o, data: t.data, format: t.format ?? o.format, textColumn: t.textColumn ?? o.textColumn, labelColumn: t.labelColumn ?? o.labelColumn,
+    completionColumn: t.completionColumn ?? o.completionColumn, header: t.header ?? o.header, quote: t.quote ?? o.quote,
+    labelCue: t.labelCue ?? o.labelCue, labelWords: t.labelWords,
+  };
+  const transform = l.prefix ? (r: DataRecord) => prefixRecord(r, t.name) : undefined;
+  try {
+    const all = loadExamples(f, l.seqLen, l.tok, l.chat, undefined, transform);
+    const split = t.valData !== undefined
+      ? { train: all.examples, validation: loadExamples({ ...f, data: t.valData }, l.seqLen, l.tok, l.chat, all.labelWords, transform).examples }
+      : l.val > 0 ? splitExamples(all.examples, l.val, l.seed) : { train: all.examples, validation: [] };
+    if (split.train.length === 0) throw new AdaptkitError('no training examples left after the validation split');
+    const seen = new Set(split.train.map((e) => e.label));
+    const unseen = all.labels.filter((x) => !seen.has(x));
+    if (unseen.length) throw new AdaptkitError(`label(s) ${unseen.join(', ')} appear only in the validation split; add training examples for them`);
+    return {
+      name: t.name, train: split.train, validation: split.validation, data: t.data, valData: t.valData, weight: t.weight,
+      ...(all.labels.length ? { labels: all.labels, labelWords: all.labelWords, labelCue: f.labelCue } : {}),
+    };
+  } catch (e) {
+    if (e instanceof AdaptkitError) throw new AdaptkitError(`task "${t.name}" (${t.origin}): ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * The task `adaptkit eval` evaluates as: --task NAME (from tasks.json) or --task-id N (checked
+ * against the adapter's task count where it is known); none when neither is given.
+ */
+function evalTask(o: { adapter?: string; task?: string; taskId?: string }): { task: TasksFileTask | null; taskId?: number; tasksFile: TasksFile | null } {
+  const found = o.adapter ? readTasksFile(o.adapter) : null;
+  const tasksFile = found?.file ?? null;
+  if (o.task === undefined && o.taskId === undefined) return { task: null, tasksFile };
+  if (o.task !== undefined && o.taskId !== undefined) throw new AdaptkitError('give --task NAME or --task-id N, not both');
+  const flag = o.task !== undefined ? `--task ${o.task}` : `--task-id ${o.taskId}`;
+  if (!o.adapter) throw new AdaptkitError(`${flag} picks a task of an adapter; give --adapter`);
+  if (o.task !== undefined) {
+    if (!found) throw new AdaptkitError(`--task ${o.task}: neither ${o.adapter} nor its run folder has a ${TASKS_FILE} to name tasks; give the task's id with --task-id`);
+    const task = found.file.tasks.find((t) => t.name === o.task);
+    if (!task) throw new AdaptkitError(`--task ${o.task}: no such task in ${found.path} (tasks: ${found.file.tasks.map((t) => t.name).join(', ')})`);
+    return { task, taskId: task.id, tasksFile };
+  }
+  const id = numberOption('task-id', o.taskId!, RANGES.taskId);
+  let count: number | undefined;
+  let source = '';
+  if (found) {
+    count = found.file.tasks.length;
+    source = `the tasks of ${found.path}`;
+  } else {
+    const n = readAdapterConfig(o.adapter).n_tasks;
+    if (typeof n === 'number' && Number.isInteger(n) && n >= 1) {
+      count = n;
+      source = `n_tasks of ${join(o.adapter, 'adapter_config.json')}`;
+    }
+  }
+  if (count !== undefined && id >= count) throw new AdaptkitError(`--task-id must be an integer in [0, ${count - 1}] (${source}), got "${o.taskId}"`);
+  return { task: found?.file.tasks.find((t) => t.id === id) ?? null, taskId: id, tasksFile };
 }
 
 /** Rows of the classification head an adapter saves as modules_to_save, or null if it saves none. */
@@ -210,7 +394,11 @@ function methodHelp(): string {
 }
 
 export function registerTrainCommands(program: Command): void {
-  addDataOptions(program.command('train').description('train an adapter (or the whole model) and save it in PEFT format'))
+  addDataOptions(program.command('train').description('train an adapter (or the whole model) and save it in PEFT format'), true)
+    .option('--tasks <manifest>', 'multi-task training from a JSON manifest {"tasks": [{"name", "data", "val_data"?, "label_words"?, "label_cue"?, "weight"?, "format"?, "text_column"?, "label_column"?, "completion_column"?, "header"?, "quote"?}]} (paths relative to it; task ids 0, 1, ... in its order)')
+    .option('--task-sampling <s>', `multi-task: how each batch row picks its task: ${TASK_SAMPLINGS.join(', ')} (p ∝ weight · n^(1/T); size is T=1, uniform T=∞; default size)`)
+    .option('--task-temperature <T>', ranged(`multi-task: T of --task-sampling temperature (default ${DEFAULT_TASK_TEMPERATURE}; implies it)`, RANGES.taskTemperature))
+    .option('--task-prefix', 'multi-task: begin every input with "<task name>: " (training and evaluation), so one shared adapter knows its task')
     .requiredOption('--model <path>', 'base model (HF folder, Hub id or llama2.c .bin)')
     .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
     .option('--method <m>', methodHelp(), presetNames()[0])
@@ -236,7 +424,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--bucket', 'group examples of similar length into batches')
     .option('--pack', 'pack several examples into each row')
     .option('--stream', 'stream a JSONL file larger than memory (read in shuffled chunks; validation from --val-data)')
-    .option('--val-data <file>', 'validation data file (with --stream)')
+    .option('--val-data <file>', 'validation data file (with --stream); multi-task: NAME=FILE for one task (repeatable; the others split --val-split)', collect, [] as string[])
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
     .option('--seed <n>', ranged('seed for data order, initialization and dropout', RANGES.seed), '0')
     .option('--classification-head', `classify with a linear head on the last token's hidden state of a decoder (Llama family, GPT-2) instead of label words; the head trains as PEFT's modules_to_save "${DECODER_CLASSIFIER_HEAD}" with task_type SEQ_CLS`)
@@ -248,6 +436,31 @@ export function registerTrainCommands(program: Command): void {
   }
   train.action(async (o: Record<string, string | boolean | undefined> & DataFlags, cmd: Command) => {
       // every check that needs neither the model nor the data comes first, so a mistake fails at once
+      const lists = o as unknown as { data: string[]; valData: string[]; labelWords: string[] };
+      const mt: MultiTaskFlags = {
+        data: lists.data, tasks: o.tasks as string | undefined, valData: lists.valData, labelWords: lists.labelWords,
+        taskSampling: o.taskSampling as string | undefined, taskTemperature: o.taskTemperature as string | undefined, taskPrefix: !!o.taskPrefix,
+      };
+      const specs = taskSpecs(mt);
+      if (!specs) {
+        // one plain data file: the run of a single task, as it always was
+        for (const [flag, v] of [['task-sampling', o.taskSampling], ['task-temperature', o.taskTemperature], ['task-prefix', o.taskPrefix]] as const) {
+          if (v !== undefined && v !== false) throw new AdaptkitError(`--${flag} is for multi-task training (--data NAME=FILE per task, or --tasks MANIFEST)`);
+        }
+        for (const [flag, v] of [['val-data', lists.valData], ['label-words', lists.labelWords]] as const) {
+          if (v.length > 1) throw new AdaptkitError(`--${flag} is given ${v.length} times for one data file`);
+          const n = v[0] === undefined ? null : namedValue(flag, v[0]);
+          if (n) throw new AdaptkitError(`--${flag} ${v[0]} names a task, but --data ${lists.data[0]} is one unnamed file (name tasks as --data NAME=FILE)`);
+        }
+        o.data = lists.data[0]!;
+        o.valData = lists.valData[0];
+        o.labelWords = lists.labelWords[0];
+      } else {
+        if (o.stream) throw new AdaptkitError('--stream reads one file; multi-task training reads its tasks into memory');
+        if (o.classificationHead) throw new AdaptkitError('--classification-head trains one head for one label set; multi-task training trains label words per task');
+        if (o.bucket) throw new AdaptkitError('--bucket groups one dataset\'s batches by length; multi-task rows are drawn one by one, so it does not apply');
+      }
+      const sampling = specs ? taskSamplingOf(mt) : null;
       if (o.method !== FULL_FINE_TUNING) resolvePreset(String(o.method)); // an unknown name lists the registered ones
       if (!o.adapterConfig && o.method !== FULL_FINE_TUNING) {
         const { method } = resolvePreset(String(o.method));
@@ -283,16 +496,41 @@ export function registerTrainCommands(program: Command): void {
       // an encoder with a classification head already has one; a decoder gets `score`
       const model = o.classificationHead && describeModel(loaded).task === 'causal-lm' ? new CausalLMForSequenceClassification(loaded as CausalModel, 2) : loaded;
       const classifier = describeModel(model).task === 'sequence-classification';
+      if (classifier && specs) throw new AdaptkitError(`${modelPath} is a sequence classifier; multi-task training trains language-model tasks (label words for labels)`);
       if (classifier && o.labelWords) throw new AdaptkitError('--label-words is for label-word training; a classification head predicts label indices, not words');
       if (o.gradientCheckpointing && !classifier) (model as { gradientCheckpointing: boolean }).gradientCheckpointing = true;
       const seqLen = seqLenFor(model, o.seqLen, cmd.getOptionValueSource('seqLen') === 'cli');
       const tok = loadTokenizer(modelPath, o.tokenizer as string | undefined, model.config.vocabSize);
       const chat = { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null };
+      const seed = numbers.seed;
+      if (specs) {
+        const tasks = specs.map((t) => loadTask(t, o, { seqLen, tok, chat, val, seed, prefix: !!o.taskPrefix }));
+        const validationCount = tasks.reduce((n, t) => n + t.validation.length, 0);
+        const config = {
+          ...numbers, schedule: sched as ScheduleName, optimizer: o.optimizer as 'adamw' | 'sgd',
+          evalEvery: numbers.evalEvery || (validationCount ? steps : 0), bucket: false, pack: !!o.pack, maxLen: seqLen,
+        };
+        const identity = {
+          model: String(o.model), taskOrder: specs.map((t) => t.name),
+          tasks: Object.fromEntries(specs.map(({ origin: _o, name, ...rest }) => [name, { ...rest, labelCue: rest.labelCue ?? o.labelCue }])),
+          taskSampling: sampling!.sampling, taskTemperature: sampling!.temperature, taskPrefix: !!o.taskPrefix, valSplit: val,
+          method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
+        };
+        const runOpts: RunOptions = {
+          model, tokenizer: tok, method: String(o.method), methodOptions: methodOpts, adapterConfig, tasks, taskSampling: sampling!, taskPrefix: !!o.taskPrefix,
+          outDir, config, resume: !!o.resume, overwrite: !!o.overwrite, progress: makeProgress(steps, { json: !!o.json }), identity, settingName: settingFlag,
+          onNotice: (m: string) => process.stderr.write(`adaptkit: ${m}\n`),
+        };
+        const preset = o.method === FULL_FINE_TUNING || adapterConfig ? null : resolvePreset(String(o.method)).preset;
+        const r = preset?.train ? preset.train(runOpts, runTraining, methodOpts) : runTraining(runOpts);
+        process.stderr.write(`adaptkit: trained ${r.result.steps} steps on ${tasks.length} task(s) (${tasks.map((t, i) => `${i} ${t.name}`).join(', ')}; ids in ${join(outDir, TASKS_FILE)}) in ${r.result.seconds.toFixed(1)} s; adapter in ${r.adapterDir}, curves in ${join(outDir, 'curves.svg')}\n`);
+        if (r.report.final_eval) process.stderr.write(`adaptkit: final evaluation ${JSON.stringify(r.report.final_eval)}\n`);
+        return;
+      }
       let examples: Example[];
       let labels: string[];
       let labelWords: LabelWords | undefined;
       let stream: StreamingExamples | null = null;
-      const seed = numbers.seed;
       if (o.stream) {
         if (classifier) throw new AdaptkitError('--stream is for language-model data, not classification heads');
         // a streamed file's labels are not known up front: a label missing from the map fails when read
@@ -349,13 +587,19 @@ export function registerTrainCommands(program: Command): void {
     .option('--exact-match', 'also generate an answer for each prompt and compare its final number with the reference (math data)')
     .option('--max-new-tokens <n>', ranged('answer length for --exact-match', RANGES.maxNewTokens), '128')
     .option('--limit <n>', ranged('evaluate only the first N examples', RANGES.limit))
+    .option('--task <name>', `evaluate as this task of a multi-task adapter: its task id, label words, cue and task prefix, from the ${TASKS_FILE} of the adapter folder or of its run folder`)
+    .option('--task-id <n>', `route every row to task N (task-conditioned adapters): ${describeOptionRange(RANGES.taskId)} below the adapter's task count (from ${TASKS_FILE}, else its config's n_tasks)`)
     .option('--json', 'print JSON')
-    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string }, cmd: Command) => {
+    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string; task?: string; taskId?: string }, cmd: Command) => {
       const limit = o.limit === undefined ? Infinity : numberOption('limit', o.limit, RANGES.limit);
       const batchSize = numberOption('batch-size', o.batchSize, RANGES.batchSize);
       const maxNewTokens = numberOption('max-new-tokens', o.maxNewTokens, RANGES.maxNewTokens);
       numberOption('seq-len', o.seqLen, RANGES.seqLen);
       if (o.adapter) expectFolder('adapter', o.adapter, 'an adapter is a folder with adapter_config.json and adapter_model.safetensors');
+      const { task, taskId, tasksFile } = evalTask(o);
+      if (tasksFile && taskId === undefined) {
+        process.stderr.write(`adaptkit: ${o.adapter} was trained on tasks ${tasksFile.tasks.map((t) => `${t.id} ${t.name}`).join(', ')}; pass --task NAME to evaluate it as one of them\n`);
+      }
       const modelPath = await resolveModel(o.model);
       const { model: loaded } = loadAnyModel(modelPath);
       const adapterConfig = o.adapter ? readAdapterConfig(o.adapter) : null;
@@ -379,19 +623,26 @@ export function registerTrainCommands(program: Command): void {
         if (head !== null) (model as unknown as { resizeClassifier(n: number): void }).resizeClassifier(head);
         const am = new AdapterModel(model);
         if (o.adapter) am.load(o.adapter);
+        if (taskId !== undefined) am.tasks.ids = Int32Array.of(taskId);
         const examples = classificationExamples(records, tok, labels, seqLen);
         const r = classificationAccuracy(am as unknown as Classifier, examples, (tok as { padId?: number | null }).padId ?? 0, batchSize);
         Object.assign(out, { examples: examples.length, accuracy: r.accuracy, loss: r.loss });
       } else {
         const am = new AdapterModel(model);
         if (o.adapter) am.load(o.adapter);
-        // the label map and cue the adapter was trained with, unless given here
+        // generation (--exact-match) runs its own forwards: the routing stays set for them
+        if (taskId !== undefined) am.tasks.ids = Int32Array.of(taskId);
+        // the label map and cue the adapter (or its task) was trained with, unless given here
         const f: DataFlags = { ...o };
-        if (saved?.label_cue !== undefined && cmd.getOptionValueSource('labelCue') !== 'cli') f.labelCue = saved.label_cue;
-        const savedWords = !o.labelWords && saved?.label_words ? new Map(Object.entries(saved.label_words)) : undefined;
-        const all = loadExamples(f, seqLen, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null }, savedWords);
-        const examples = all.examples.slice(0, limit);
-        const labels = [...new Set([...(savedLabels ?? []), ...examples.map((e) => e.label).filter((l): l is string => l !== undefined)])];
+        const cue = task?.label_cue ?? saved?.label_cue;
+        if (cue !== undefined && cmd.getOptionValueSource('labelCue') !== 'cli') f.labelCue = cue;
+        const trainedWords = task?.label_words ?? saved?.label_words;
+        const savedWords = !o.labelWords && trainedWords ? new Map(Object.entries(trainedWords)) : undefined;
+        const prefix = task && tasksFile?.task_prefix ? (r: DataRecord) => prefixRecord(r, task.name) : undefined;
+        const all = loadExamples(f, seqLen, tok, { template: (tok as { chatTemplate?: string | null }).chatTemplate ?? null }, savedWords, prefix);
+        const examples = all.examples.slice(0, limit).map((e) => (taskId === undefined ? e : { ...e, task: taskId }));
+        const trainedLabels = task?.labels ?? savedLabels;
+        const labels = [...new Set([...(trainedLabels ?? []), ...examples.map((e) => e.label).filter((l): l is string => l !== undefined)])];
         const pad = tok.eosId ?? 0;
         const l = evaluateLoss(am, examples, pad, batchSize);
         Object.assign(out, { examples: examples.length, loss: l.loss, perplexity: l.perplexity, tokens: l.tokens });
@@ -401,14 +652,15 @@ export function registerTrainCommands(program: Command): void {
           out.accuracy = labelAccuracy(am, examples, labelSequences(examples, labels, make), pad).accuracy;
         }
         if (o.exactMatch) {
-          const items = readRecords(o.data, { format: o.format as ReadOptions['format'], skipBadLines: o.skipBadLines }).records
+          const items = readRecords(o.data, { format: o.format as ReadOptions['format'], skipBadLines: o.skipBadLines }).records.map((r) => prefix?.(r) ?? r)
             .filter((r): r is Extract<typeof r, { kind: 'completion' }> => r.kind === 'completion').slice(0, limit)
             .map((r) => ({ prompt: r.prompt, answer: r.completion }));
           out.exact_match = exactMatch(am, tok, items, maxNewTokens);
         }
       }
-      if (o.json) console.log(JSON.stringify(out));
-      else for (const [k, v] of Object.entries(out)) console.log(`${k}: ${v}`);
+      if (taskId !== undefined) out.task_id = taskId;
+      if (o.json) console.log(JSON.stringify(task ? { ...out, task: task.name } : out));
+      else for (const [k, v] of Object.entries(task ? { ...out, task: task.name } : out)) console.log(`${k}: ${v}`);
     });
 
   program

@@ -1,6 +1,6 @@
 /** Examples to padded batches: ids, loss targets (-100 outside completions) and a padding mask. */
 import { type Tensor, tensor } from '../tensor/index.js';
-import { type Example, exampleLength } from './examples.js';
+import { type Example, exampleLength, promptLength } from './examples.js';
 
 export const IGNORE = -100;
 
@@ -12,19 +12,34 @@ export interface Batch {
   /** Tokens that carry loss. */
   lossTokens: number;
   tokens: number;
+  /** The task of each row (an example's `task`, else 0): routes task-conditioned adapters. */
+  taskIds: Int32Array;
+  /** Leading prompt tokens of each row (everything before the completion of its first example). */
+  promptLengths: Int32Array;
 }
 
-/** Right-padded batch; with `pack`, several examples share a row (up to maxLen). */
+/**
+ * Right-padded batch; with `pack`, several examples share a row (up to maxLen). A packed row
+ * holds examples of one task only, since a row has one task id; its prompt length is that of
+ * its first example.
+ */
 export function collate(examples: readonly Example[], padId: number, opts: { pack?: boolean; maxLen?: number } = {}): Batch {
-  const rows: { ids: number[]; loss: boolean[] }[] = [];
+  const rows: { ids: number[]; loss: boolean[]; task: number; prompt: number }[] = [];
+  // the row each task packs into next
+  const open = new Map<number, number>();
   for (const e of examples) {
     const ids = [...e.head, ...e.body, ...e.tail, ...e.completion];
     const loss = ids.map((_, i) => i >= ids.length - e.completion.length);
-    const last = rows[rows.length - 1];
-    if (opts.pack && opts.maxLen && last && last.ids.length + ids.length <= opts.maxLen) {
-      last.ids.push(...ids);
-      last.loss.push(...loss);
-    } else rows.push({ ids, loss });
+    const task = e.task ?? 0;
+    const at = open.get(task);
+    const row = at === undefined ? undefined : rows[at];
+    if (opts.pack && opts.maxLen && row && row.ids.length + ids.length <= opts.maxLen) {
+      row.ids.push(...ids);
+      row.loss.push(...loss);
+    } else {
+      open.set(task, rows.length);
+      rows.push({ ids, loss, task, prompt: promptLength(e) });
+    }
   }
   const T = Math.max(...rows.map((r) => r.ids.length));
   const B = rows.length;
@@ -44,7 +59,10 @@ export function collate(examples: readonly Example[], padId: number, opts: { pac
     }
     tokens += r.ids.length;
   });
-  return { ids: tensor(ids, [B, T]), targets: tensor(targets, [B, T]), mask: tensor(mask, [B, T]), lossTokens, tokens };
+  return {
+    ids: tensor(ids, [B, T]), targets: tensor(targets, [B, T]), mask: tensor(mask, [B, T]), lossTokens, tokens,
+    taskIds: Int32Array.from(rows, (r) => r.task), promptLengths: Int32Array.from(rows, (r) => r.prompt),
+  };
 }
 
 /**

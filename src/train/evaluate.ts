@@ -2,23 +2,41 @@
 import { AdaptkitError, type Tensor, concat, crossEntropy, indexSelect, narrow, noGrad, reshape, tensor, tidy } from '../tensor/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { generate } from '../models/generate.js';
-import { IGNORE, collate } from './batch.js';
+import { type Batch, IGNORE, collate } from './batch.js';
 import type { Example } from './examples.js';
+
+/**
+ * Per-row conditioning of a forward: task ids route task-conditioned adapters, prompt lengths
+ * mark the instruction of instruction-conditioned ones. Models without adapters ignore them.
+ */
+export interface RowConditioning {
+  taskIds?: ArrayLike<number> | null;
+  promptLengths?: ArrayLike<number> | null;
+}
 
 /** What training and evaluation need from a model (an AdapterModel, or a bare model). */
 export interface TrainableLM {
-  forward(ids: Tensor, opts?: { attentionMask?: Tensor | null }): Tensor;
+  forward(ids: Tensor, opts?: { attentionMask?: Tensor | null } & RowConditioning): Tensor;
 }
 
 /** Logits for the real positions (prompt tuning puts virtual positions in front). */
-export function realLogits(model: TrainableLM, ids: Tensor, mask: Tensor | null): Tensor {
-  const l = model.forward(ids, { attentionMask: mask });
+export function realLogits(model: TrainableLM, ids: Tensor, mask: Tensor | null, route?: RowConditioning): Tensor {
+  const l = model.forward(ids, { attentionMask: mask, ...route });
   const T = ids.shape[1]!;
   return l.shape[1] === T ? l : narrow(l, 1, l.shape[1]! - T, T);
 }
 
-export function batchLoss(model: TrainableLM, ids: Tensor, targets: Tensor, mask: Tensor | null): Tensor {
-  return crossEntropy(realLogits(model, ids, mask), targets, { ignoreIndex: IGNORE });
+export function batchLoss(model: TrainableLM, ids: Tensor, targets: Tensor, mask: Tensor | null, route?: RowConditioning): Tensor {
+  return crossEntropy(realLogits(model, ids, mask, route), targets, { ignoreIndex: IGNORE });
+}
+
+/**
+ * The routing of an evaluation batch: its prompt lengths, and its task ids only when the
+ * examples name their tasks, so that a task-routed adapter evaluated on data of no task says
+ * that it needs one instead of quietly acting as task 0.
+ */
+export function evalRouting(b: Batch, examples: readonly Example[]): RowConditioning {
+  return examples.some((e) => e.task !== undefined) ? { taskIds: b.taskIds, promptLengths: b.promptLengths } : { promptLengths: b.promptLengths };
 }
 
 export interface LossResult {
@@ -32,9 +50,10 @@ export function evaluateLoss(model: TrainableLM, examples: readonly Example[], p
   let total = 0;
   let count = 0;
   for (let s = 0; s < examples.length; s += batchSize) {
-    const b = collate(examples.slice(s, s + batchSize), padId);
+    const part = examples.slice(s, s + batchSize);
+    const b = collate(part, padId);
     tidy(() => noGrad(() => {
-      const l = crossEntropy(realLogits(model, b.ids, b.mask), b.targets, { ignoreIndex: IGNORE, reduction: 'sum' });
+      const l = crossEntropy(realLogits(model, b.ids, b.mask, evalRouting(b, part)), b.targets, { ignoreIndex: IGNORE, reduction: 'sum' });
       total += l.item();
     }));
     count += b.lossTokens;
@@ -46,7 +65,7 @@ export function evaluateLoss(model: TrainableLM, examples: readonly Example[], p
 
 /** A model that continues prompts from a KV cache, at explicit positions (any causal LM here). */
 export interface CachedLM {
-  forward(ids: Tensor, opts?: { attentionMask?: Tensor | null; cache?: unknown; positions?: Tensor | null }): Tensor;
+  forward(ids: Tensor, opts?: { attentionMask?: Tensor | null; cache?: unknown; positions?: Tensor | null } & RowConditioning): Tensor;
 }
 
 /**
@@ -55,8 +74,14 @@ export interface CachedLM {
  */
 class RowCache {
   length = 0;
+  /** One object per row standing for its sequence, so repeated rows stay the same sequence to prompt hooks. */
+  seqs: object[];
   private k: (Tensor | null)[] = [];
   private v: (Tensor | null)[] = [];
+
+  constructor(rows: number) {
+    this.seqs = Array.from({ length: rows }, () => ({}));
+  }
 
   append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
     const pk = this.k[layer];
@@ -72,7 +97,8 @@ class RowCache {
 
   /** A cache whose row i holds this cache's row rows[i]. */
   repeatRows(rows: Tensor): RowCache {
-    const c = new RowCache();
+    const c = new RowCache(0);
+    c.seqs = Array.from(rows.toArray() as Int32Array, (i) => this.seqs[i]!);
     c.length = this.length;
     c.k = this.k.map((t) => (t ? indexSelect(t, 0, rows).keep() : null));
     c.v = this.v.map((t) => (t ? indexSelect(t, 0, rows).keep() : null));
@@ -121,13 +147,13 @@ export function labelLogProbs(model: CachedLM, examples: readonly Example[], seq
     const b = collate(part.map((e) => ({ ...e, completion: [] })), padId);
     const Tp = b.ids.shape[1]!;
     const lens = part.map(promptLen);
-    const cache = new RowCache();
+    const cache = new RowCache(P);
     try {
       // the prompts: the first label token's log-probability is read at each prompt's last token
       let extra = 0;
       let vocab = 0;
       const first = tidy(() => noGrad(() => {
-        const logits = model.forward(b.ids, { attentionMask: b.mask, cache });
+        const logits = model.forward(b.ids, { attentionMask: b.mask, cache, ...evalRouting(b, part) });
         const Th = logits.shape[1]!;
         vocab = logits.shape[2]!;
         extra = Th - Tp;
@@ -165,9 +191,11 @@ export function labelLogProbs(model: CachedLM, examples: readonly Example[], seq
           }
         }
         const rowCache = tidy(() => cache.repeatRows(tensor(src, [R], { dtype: 'i32' })));
+        // continuations keep their prompt's task; their prompt is in the cache, so no prompt lengths
+        const taskIds = part.some((e) => e.task !== undefined) ? Int32Array.from(src, (i) => part[i]!.task ?? 0) : undefined;
         try {
           const v = tidy(() => noGrad(() => model.forward(tensor(ids, [R, Tl], { dtype: 'i32' }), {
-            cache: rowCache, positions: tensor(pos, [R, Tl], { dtype: 'i32' }), attentionMask: tensor(mask, [R, Tc + Tl]),
+            cache: rowCache, positions: tensor(pos, [R, Tl], { dtype: 'i32' }), attentionMask: tensor(mask, [R, Tc + Tl]), ...(taskIds ? { taskIds } : {}),
           }).toArray()));
           for (let i = 0; i < P; i++) {
             for (let k = 0; k < G; k++) {
@@ -241,7 +269,7 @@ export function labelAccuracy(model: TrainableLM, examples: readonly Example[], 
       const part = examples.slice(s, s + batchSize);
       const b = collate(part.map((e) => ({ ...e, completion: [] })), padId);
       const T = b.ids.shape[1]!;
-      const V = tidy(() => noGrad(() => realLogits(model, b.ids, b.mask).toArray()));
+      const V = tidy(() => noGrad(() => realLogits(model, b.ids, b.mask, evalRouting(b, part)).toArray()));
       const vocab = V.length / (part.length * T);
       part.forEach((e, i) => {
         const at = (i * T + e.head.length + e.body.length + e.tail.length - 1) * vocab;

@@ -18,6 +18,8 @@ export interface Example {
   label?: string;
   /** Its index, when trained with a classification head. */
   labelIndex?: number;
+  /** The id of the task it belongs to in multi-task training (0 when absent). */
+  task?: number;
 }
 
 /** Text between a classification input and its label unless told otherwise. */
@@ -135,6 +137,11 @@ export function readLabelWords(file: string): Map<string, string> {
 
 export function exampleLength(e: Example): number {
   return e.head.length + e.body.length + e.tail.length + e.completion.length;
+}
+
+/** Tokens before the completion: the prompt an instruction-conditioned adapter reads. */
+export function promptLength(e: Example): number {
+  return e.head.length + e.body.length + e.tail.length;
 }
 
 export interface FitResult {

@@ -1,10 +1,14 @@
 export { AdamW, SGD, clipGradNorm, maskGrads, type Optimizer, type OptimizerState } from './optim.js';
 export { lrFactor, type ScheduleName } from './schedule.js';
 export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type ReadOptions } from './data.js';
-export { toExample, fitExamples, splitExamples, exampleLength, readLabelWords, type Example } from './examples.js';
+export { toExample, fitExamples, splitExamples, exampleLength, promptLength, readLabelWords, type Example } from './examples.js';
 export { collate, epochBatches, IGNORE, type Batch } from './batch.js';
-export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss } from './evaluate.js';
-export { Trainer, TrainingInterrupted, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type TrainRunOptions, type StepMetrics, type EvalMetrics } from './trainer.js';
+export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss, type RowConditioning } from './evaluate.js';
+export { Trainer, TrainingInterrupted, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type TrainRunOptions, type StepMetrics, type EvalMetrics, type ExampleSource } from './trainer.js';
+export {
+  TaskSampler, taskProbabilities, taskMetrics, prefixRecord, taskPrefixText, withTask, readTaskManifest, readTasksFile, TASKS_FILE, TASK_SAMPLINGS,
+  DEFAULT_TASK_TEMPERATURE, type TaskData, type TaskSampling, type TasksFile, type SamplerPosition, type ManifestTask,
+} from './multitask.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, removeStaleTemps } from './checkpoint.js';
 export { runTraining, methodConfig, FULL_FINE_TUNING, type MethodOptions } from './run.js';
 export { runDemo, type DemoResult } from './demo.js';

@@ -1,4 +1,7 @@
-/** Training curves as a standalone SVG: train loss (and eval loss) per step, and eval metrics. */
+/**
+ * Training curves as a standalone SVG: train loss (and eval loss) per step, and eval metrics.
+ * A multi-task run's per-task eval numbers (`loss/<task>`, `accuracy/<task>`) get a curve each.
+ */
 import { readFileSync } from 'node:fs';
 import { AdaptkitError } from '../tensor/index.js';
 
@@ -82,7 +85,7 @@ function panel(title: string, series: Series[], x0: number, y0: number, w: numbe
   return out;
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e'];
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
 
 /** SVG of the curves in a metrics.jsonl file (malformed lines are skipped with a warning naming file and line). */
 export function plotMetrics(metricsPath: string, title = 'training'): string {
@@ -104,9 +107,13 @@ export function plotMetrics(metricsPath: string, title = 'training'): string {
     { name: 'train loss (raw)', color: '#aec7e8', points: train.map((l) => [Number(l.step), Number(l.loss)]) },
     { name: 'train loss (EMA)', color: COLORS[0]!, points: smooth },
   ];
-  if (evals.some((e) => 'loss' in e)) lossSeries.push({ name: 'eval loss', color: COLORS[1]!, points: evals.map((e) => [Number(e.step), Number(e.loss)]) });
-  const metricKeys = [...new Set(evals.flatMap((e) => Object.keys(e)))].filter((k) => !['kind', 'step', 'loss', 'perplexity'].includes(k));
-  const metricSeries = metricKeys.map((k, i) => ({ name: k, color: COLORS[(i + 2) % COLORS.length]!, points: evals.filter((e) => k in e).map((e) => [Number(e.step), Number(e[k])] as [number, number]) }));
+  const evalKeys = [...new Set(evals.flatMap((e) => Object.keys(e)))];
+  const curve = (k: string) => evals.filter((e) => k in e).map((e) => [Number(e.step), Number(e[k])] as [number, number]);
+  const taskLosses = evalKeys.filter((k) => k.startsWith('loss/'));
+  if (evals.some((e) => 'loss' in e)) lossSeries.push({ name: taskLosses.length ? 'eval loss (task mean)' : 'eval loss', color: COLORS[1]!, points: curve('loss') });
+  taskLosses.forEach((k, i) => lossSeries.push({ name: `eval ${k}`, color: COLORS[(i + 2) % COLORS.length]!, points: curve(k) }));
+  const metricKeys = evalKeys.filter((k) => !['kind', 'step', 'loss', 'perplexity'].includes(k) && !k.startsWith('loss/') && !k.startsWith('perplexity/'));
+  const metricSeries = metricKeys.map((k, i) => ({ name: k, color: COLORS[(i + 2) % COLORS.length]!, points: curve(k) }));
   const W = 760;
   const H = 300;
   const panels = [panel(`${title}: loss`, lossSeries, 0, 0, W, H)];

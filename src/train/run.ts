@@ -22,6 +22,7 @@ import { plotMetrics } from './plot.js';
 import { type Progress } from './progress.js';
 import { CHECKPOINTS, listCheckpoints } from './checkpoint.js';
 import { DEFAULT_TRAIN, type TrainConfig, type TrainResult, Trainer } from './trainer.js';
+import { DEFAULT_TASK_TEMPERATURE, type EvalTask, type TaskData, type TaskSampling, TASKS_FILE, type TasksFile, TaskSampler, checkTaskName, checkUniqueNames, taskMetrics, taskProbabilities, withTask } from './multitask.js';
 
 /** Training every weight of the model instead of an adapter. */
 export const FULL_FINE_TUNING = 'full';
@@ -47,9 +48,18 @@ export interface RunOptions {
   methodOptions: MethodOptions;
   /** A PEFT adapter config to train with instead of the method and its options. */
   adapterConfig?: Record<string, unknown>;
-  /** Examples in memory, or a stream over a large JSONL file. */
-  train: Example[] | StreamingExamples;
-  validation: Example[];
+  /** Examples in memory, or a stream over a large JSONL file (not with `tasks`). */
+  train?: Example[] | StreamingExamples;
+  validation?: Example[];
+  /**
+   * Several tasks trained at once, in place of `train` and `validation`: task ids 0..n-1 in this
+   * order, each batch row drawn by task (see multitask.ts), each task evaluated on its own.
+   */
+  tasks?: readonly TaskData[];
+  /** How tasks are drawn (default: in proportion to their sizes). */
+  taskSampling?: { sampling?: TaskSampling; temperature?: number };
+  /** Recorded in tasks.json: the inputs were made to begin with "<task name>: ". */
+  taskPrefix?: boolean;
   outDir: string;
   config: Partial<TrainConfig>;
   resume?: boolean;
@@ -141,7 +151,9 @@ export function labelsInOrder(f: LabelsFile): string[] {
 
 /** What a run writes into its folder; anything else there was put there by someone else. */
 const RUN_CONFIG = 'run_config.json';
-const RUN_ENTRIES = [RUN_CONFIG, 'metrics.jsonl', CHECKPOINTS, 'adapter', 'model', 'training_report.json', 'curves.svg'];
+const RUN_ENTRIES = [RUN_CONFIG, TASKS_FILE, 'metrics.jsonl', CHECKPOINTS, 'adapter', 'model', 'training_report.json', 'curves.svg'];
+/** Written when a run starts, before its first step: alone they do not make a folder a run. */
+const START_ENTRIES = [RUN_CONFIG, TASKS_FILE];
 
 /**
  * Why `path` cannot be (or become) a folder: it, or the nearest of its parents that exists, is a
@@ -214,7 +226,7 @@ export function checkRunDir(o: RunDirCheck): RunDirPlan {
   const entries = existsSync(dir) ? readdirSync(dir).sort() : [];
   const ours = entries.filter((e) => RUN_ENTRIES.includes(e));
   const others = entries.filter((e) => !RUN_ENTRIES.includes(e));
-  const isRun = ours.some((e) => e !== RUN_CONFIG);
+  const isRun = ours.some((e) => !START_ENTRIES.includes(e));
   if (!isRun) {
     if (others.length && !o.overwrite) {
       throw new AdaptkitError(`${dir} is not empty and is not an adaptkit run (it holds ${listNames(others)}); use an empty or new folder, or --overwrite to write the run next to these files`);
@@ -243,7 +255,7 @@ export function checkRunDir(o: RunDirCheck): RunDirPlan {
 }
 
 /** Make the folder a run's, once every check that can fail has passed. */
-function startRunDir(o: RunOptions, plan: RunDirPlan): void {
+function startRunDir(o: RunOptions, plan: RunDirPlan, tasks: TasksFile | null): void {
   if (plan.notice) (o.onNotice ?? ((m: string) => process.emitWarning(m, { code: 'ADAPTKIT_RUN' })))(plan.notice);
   for (const e of plan.remove) rmSync(join(o.outDir, e), { recursive: true, force: true });
   try {
@@ -252,6 +264,50 @@ function startRunDir(o: RunOptions, plan: RunDirPlan): void {
     throw writeError(o.outDir, e);
   }
   writeFileAtomic(join(o.outDir, RUN_CONFIG), Buffer.from(JSON.stringify(o.identity ?? {})));
+  if (tasks) writeFileAtomic(join(o.outDir, TASKS_FILE), Buffer.from(`${JSON.stringify(tasks, null, 2)}\n`));
+}
+
+interface PreparedTasks {
+  sampler: TaskSampler;
+  validation: Example[];
+  eval: EvalTask[];
+  file: TasksFile;
+}
+
+/** The tasks of a multi-task run checked, their examples given their task ids, and the sampler over them. */
+function prepareTasks(o: RunOptions, seed: number): PreparedTasks {
+  const tasks = o.tasks!;
+  if (tasks.length === 0) throw new AdaptkitError('multi-task training needs at least one task');
+  if (o.train !== undefined || o.validation !== undefined) throw new AdaptkitError('give a run either tasks or train and validation examples, not both');
+  tasks.forEach((t, i) => checkTaskName(t.name, `task ${i}`));
+  checkUniqueNames(tasks.map((t) => t.name), (i) => `task ${i}`);
+  tasks.forEach((t) => {
+    if (t.train.length === 0) throw new AdaptkitError(`task "${t.name}" has no training examples${t.data ? ` (${t.data})` : ''}`);
+  });
+  const probs = taskProbabilities(tasks.map((t) => t.train.length), { ...o.taskSampling, weights: tasks.map((t) => t.weight ?? 1) });
+  const train = tasks.map((t, i) => withTask(t.train, i));
+  const val = tasks.map((t, i) => withTask(t.validation, i));
+  const sampling = o.taskSampling?.sampling ?? 'size';
+  const file: TasksFile = {
+    sampling,
+    ...(sampling === 'temperature' ? { temperature: o.taskSampling?.temperature ?? DEFAULT_TASK_TEMPERATURE } : {}),
+    task_prefix: !!o.taskPrefix,
+    tasks: tasks.map((t, i) => ({
+      id: i, name: t.name, ...(t.data ? { data: t.data } : {}), ...(t.valData ? { val_data: t.valData } : {}),
+      train_examples: t.train.length, validation_examples: t.validation.length, weight: t.weight ?? 1, probability: probs[i]!,
+      ...(t.labels?.length ? {
+        labels: t.labels,
+        ...(t.labelWords ? { label_words: Object.fromEntries(t.labels.map((l) => [l, t.labelWords!.get(l) ?? l])) } : {}),
+        ...(t.labelCue !== undefined ? { label_cue: t.labelCue } : {}),
+      } : {}),
+    })),
+  };
+  return {
+    sampler: new TaskSampler(train, probs, seed),
+    validation: val.flat(),
+    eval: tasks.map((t, i) => ({ name: t.name, validation: val[i]!, labelTokens: t.labels?.length ? labelSequences(train[i]!, t.labels) : null })),
+    file,
+  };
 }
 
 export function runTraining(o: RunOptions): RunResult {
@@ -259,6 +315,12 @@ export function runTraining(o: RunOptions): RunResult {
   const cfg: TrainConfig = { ...DEFAULT_TRAIN, ...o.config };
   const desc = describeModel(o.model);
   const classifier = desc.task === 'sequence-classification' ? (o.model as Module & { resizeClassifier(n: number, rng?: Rng): void }) : null;
+  const multi = o.tasks ? prepareTasks(o, cfg.seed) : null;
+  if (multi && classifier) throw new AdaptkitError('multi-task training trains language-model tasks (label words for labels), not a classification head');
+  if (multi && cfg.bucket) throw new AdaptkitError('bucketing groups one dataset\'s examples by length; multi-task rows are drawn one by one, so it does not apply');
+  if (!multi && !o.train) throw new AdaptkitError('a run needs training examples (train) or tasks');
+  const trainData = multi ? multi.sampler : o.train!;
+  const validation = multi ? multi.validation : (o.validation ?? []);
   if (classifier) {
     if (!o.labels?.length) throw new AdaptkitError('a sequence classifier trains on {"text", "label"} data');
     // a head of the right size, freshly initialized when the checkpoint's had other labels
@@ -278,23 +340,25 @@ export function runTraining(o: RunOptions): RunResult {
     params = o.model.parameters().map((p) => parameter(p));
   }
   const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
-  const labelTokens = o.labels?.length && !classifier && !(o.train instanceof StreamingExamples) ? labelSequences(o.train, o.labels) : null;
-  const evaluate = o.validation.length && classifier
+  const labelTokens = o.labels?.length && !classifier && Array.isArray(trainData) ? labelSequences(trainData, o.labels) : null;
+  const evaluate = multi && validation.length
+    ? () => taskMetrics(am, multi.eval, padId)
+    : validation.length && classifier
     ? () => {
-        const r = classificationAccuracy(am as unknown as { forward: typeof am.forward }, o.validation, padId);
+        const r = classificationAccuracy(am as unknown as { forward: typeof am.forward }, validation, padId);
         return { accuracy: r.accuracy, loss: r.loss };
       }
-    : o.validation.length
+    : validation.length
     ? () => {
         const r: Record<string, number> = {};
-        if (labelTokens) r.accuracy = labelAccuracy(am, o.validation, labelTokens, padId).accuracy;
-        const l = evaluateLoss(am, o.validation, padId);
+        if (labelTokens) r.accuracy = labelAccuracy(am, validation, labelTokens, padId).accuracy;
+        const l = evaluateLoss(am, validation, padId);
         r.loss = l.loss;
         r.perplexity = l.perplexity;
         return r;
       }
     : undefined;
-  const trainer = new Trainer(am, params, o.train, padId, cfg, o.outDir, {
+  const trainer = new Trainer(am, params, trainData, padId, cfg, o.outDir, {
     evaluate,
     loss: classifier
       ? (ex) => ({ loss: classificationLoss(am, ex, padId), tokens: ex.reduce((n, e) => n + e.body.length, 0) })
@@ -303,9 +367,12 @@ export function runTraining(o: RunOptions): RunResult {
           // the method's own objective over the step's batch (several passes, consistency terms)
           const b = collate(ex, padId, { pack: cfg.pack, maxLen: cfg.maxLen });
           const loss = inst!.objective!({
-            logits: () => realLogits(am, b.ids, b.mask),
+            logits: () => realLogits(am, b.ids, b.mask, { taskIds: b.taskIds, promptLengths: b.promptLengths }),
             loss: (l) => crossEntropy(l, b.targets, { ignoreIndex: IGNORE }),
             weights: tensor(Array.from(b.targets.toArray(), (t) => (t === IGNORE ? 0 : 1)), b.targets.shape),
+            taskIds: b.taskIds,
+            ids: b.ids,
+            mask: b.mask,
           });
           return { loss, tokens: b.tokens };
         }
@@ -330,7 +397,7 @@ export function runTraining(o: RunOptions): RunResult {
     },
   });
   // written only now: a run that fails a check above leaves its folder as it found it
-  startRunDir(o, plan);
+  startRunDir(o, plan, multi?.file ?? null);
   let result: TrainResult;
   try {
     result = trainer.run({ resume: o.resume, stopAfter: o.stopAfter });
@@ -352,9 +419,12 @@ export function runTraining(o: RunOptions): RunResult {
     }
     writeFileAtomic(join(adapterDir, LABELS_FILE), Buffer.from(`${JSON.stringify(f, null, 2)}\n`));
   }
+  // the adapter folder carries its task ids, so that it can be evaluated and served away from its run
+  if (multi) writeFileAtomic(join(adapterDir, TASKS_FILE), Buffer.from(`${JSON.stringify(multi.file, null, 2)}\n`));
   // hand the model back without this run's adapter modules in it
   if (inst) am.setActive([]);
   const evals = result.history.filter((h) => h.kind === 'eval');
+  const finalEval = (evals[evals.length - 1] ?? null) as Record<string, unknown> | null;
   const report = {
     method: o.method,
     adapter_config: peft,
@@ -363,12 +433,22 @@ export function runTraining(o: RunOptions): RunResult {
     steps: result.steps,
     stopped_early: result.stoppedEarly,
     seconds: result.seconds,
-    train_examples: o.train instanceof StreamingExamples ? 'streamed' : o.train.length,
-    validation_examples: o.validation.length,
+    train_examples: trainData instanceof StreamingExamples ? 'streamed' : multi ? multi.file.tasks.reduce((n, t) => n + t.train_examples, 0) : (trainData as Example[]).length,
+    validation_examples: validation.length,
     final_train_loss: result.history.filter((h) => h.kind === 'train').slice(-10).reduce((s, h, _, a) => s + Number((h as { loss: number }).loss) / a.length, 0),
-    final_eval: evals[evals.length - 1] ?? null,
+    final_eval: finalEval,
+    ...(multi ? { task_sampling: multi.file.sampling, ...(multi.file.temperature !== undefined ? { task_temperature: multi.file.temperature } : {}), task_prefix: multi.file.task_prefix, tasks: taskReport(multi.file, finalEval) } : {}),
   };
   writeFileAtomic(join(o.outDir, 'training_report.json'), Buffer.from(`${JSON.stringify(report, null, 2)}\n`));
   if (existsSync(join(o.outDir, 'metrics.jsonl'))) writeFileAtomic(join(o.outDir, 'curves.svg'), Buffer.from(plotMetrics(join(o.outDir, 'metrics.jsonl'))));
   return { result, adapterDir, report };
+}
+
+/** Each task with its id, sizes, probability and final evaluation numbers (`loss/<name>` as `loss`). */
+function taskReport(file: TasksFile, finalEval: Record<string, unknown> | null): Record<string, unknown>[] {
+  return file.tasks.map((t) => {
+    const final: Record<string, unknown> = {};
+    if (finalEval) for (const [k, v] of Object.entries(finalEval)) if (k.endsWith(`/${t.name}`)) final[k.slice(0, -t.name.length - 1)] = v;
+    return { id: t.id, name: t.name, train_examples: t.train_examples, validation_examples: t.validation_examples, probability: t.probability, final_eval: Object.keys(final).length ? final : null };
+  });
 }

@@ -1,5 +1,6 @@
 /**
- * The training loop: shuffled (optionally length-bucketed or packed) batches, gradient
+ * The training loop: shuffled (optionally length-bucketed or packed) batches, or batches from an
+ * example source (a stream, the multi-task sampler) whose position checkpoints keep, gradient
  * accumulation, global-norm clipping, AdamW or SGD with a warmup + decay schedule, evaluation
  * every N steps with early stopping, and crash-safe checkpoints from which `resume` continues
  * bit-identically (weights, optimizer state, RNG states and the data position are all restored).
@@ -14,7 +15,6 @@ import { writeAll, writeError, writeFileAtomic } from '../io/atomic.js';
 import { collate, epochBatches } from './batch.js';
 import { listCheckpoints, loadCheckpoint, removeStaleTemps, saveCheckpoint } from './checkpoint.js';
 import { type Example } from './examples.js';
-import { type StreamPosition, StreamingExamples } from './stream.js';
 import { type TrainableLM, batchLoss } from './evaluate.js';
 import { AdamW, type Optimizer, SGD, clipGradNorm, maskGrads } from './optim.js';
 import { type ScheduleName, lrFactor } from './schedule.js';
@@ -75,6 +75,22 @@ export interface TrainerHooks {
   loadWeights: (dir: string) => void;
   /** The loss of a batch of examples (default: next-token loss on completions). */
   loss?: (examples: Example[]) => { loss: Tensor; tokens: number };
+}
+
+/**
+ * Examples drawn in order from a source that can say where it is and go back there: a stream
+ * over a file larger than memory, or the multi-task sampler. Checkpoints store the position.
+ */
+export interface ExampleSource {
+  next(n: number): Example[];
+  position(): unknown;
+  seek(position: unknown): void;
+  /** Back to the first example, for a run that starts over (a source may be reused by a second run). */
+  restart?(): void;
+}
+
+function isSource(d: readonly Example[] | ExampleSource): d is ExampleSource {
+  return !Array.isArray(d);
 }
 
 export interface TrainResult {
@@ -202,14 +218,14 @@ export class Trainer {
   constructor(
     readonly model: TrainableLM,
     readonly params: Tensor[],
-    /** Examples in memory, or a stream over a file larger than memory. */
-    readonly data: readonly Example[] | StreamingExamples,
+    /** Examples in memory, or a source of them (a stream over a file larger than memory, the task sampler). */
+    readonly data: readonly Example[] | ExampleSource,
     readonly padId: number,
     readonly cfg: TrainConfig,
     readonly runDir: string,
     readonly hooks: TrainerHooks,
   ) {
-    if (!(data instanceof StreamingExamples) && data.length === 0) throw new AdaptkitError('no training examples');
+    if (!isSource(data) && data.length === 0) throw new AdaptkitError('no training examples');
     if (cfg.steps < 1 || cfg.batchSize < 1 || cfg.gradAccum < 1) throw new AdaptkitError('steps, batch size and gradient accumulation must be at least 1');
     this.optim = cfg.optimizer === 'sgd'
       ? new SGD(params, { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay })
@@ -218,7 +234,7 @@ export class Trainer {
 
   /** The shuffled batch list of an epoch (a pure function of seed and epoch, so resume replays it). */
   private epoch(e: number): number[][] {
-    if (this.data instanceof StreamingExamples) return [];
+    if (isSource(this.data)) return [];
     const rng = new Rng(this.cfg.seed * 1000003 + e);
     const data = this.data as readonly Example[];
     const order = Array.from(data.keys());
@@ -276,8 +292,9 @@ export class Trainer {
       const ck = loadCheckpoint(this.runDir);
       this.hooks.loadWeights(ck.dir);
       this.optim.loadState(ck.optim);
-      const s = ck.state as { step: number; epoch: number; batch: number; rng: number[]; best: number | null; badEvals: number; history: (StepMetrics | EvalMetrics)[]; stream?: StreamPosition };
-      if (this.data instanceof StreamingExamples && s.stream) this.data.seek(s.stream);
+      // `stream` holds the position of any example source (it was first a stream's alone)
+      const s = ck.state as { step: number; epoch: number; batch: number; rng: number[]; best: number | null; badEvals: number; history: (StepMetrics | EvalMetrics)[]; stream?: unknown };
+      if (isSource(this.data) && s.stream) this.data.seek(s.stream);
       step = s.step;
       epoch = s.epoch;
       batchIdx = s.batch;
@@ -289,12 +306,13 @@ export class Trainer {
       writeFileAtomic(this.metricsPath, this.history.map((m) => Buffer.from(`${JSON.stringify(m)}\n`)));
     } else {
       defaultRng.seed(c.seed);
+      if (isSource(this.data)) this.data.restart?.();
       this.history = [];
       if (existsSync(this.metricsPath)) writeFileAtomic(this.metricsPath, []);
     }
     const save = (): string => saveCheckpoint(this.runDir, step, this.hooks.saveWeights, this.optim.state(), {
       step, epoch, batch: batchIdx, rng: defaultRng.getState(), best: Number.isNaN(best) ? null : best, badEvals, history: this.history,
-      stream: this.data instanceof StreamingExamples ? this.data.position() : undefined,
+      stream: isSource(this.data) ? this.data.position() : undefined,
     }, c.keepCheckpoints);
     let batches = this.epoch(epoch);
     const t0 = Date.now();
@@ -306,7 +324,7 @@ export class Trainer {
       let tokens = 0;
       for (let micro = 0; micro < c.gradAccum; micro++) {
         let ex: Example[];
-        if (this.data instanceof StreamingExamples) {
+        if (isSource(this.data)) {
           ex = this.data.next(c.pack ? c.batchSize * 4 : c.batchSize);
         } else {
           if (batchIdx >= batches.length) {
@@ -314,7 +332,7 @@ export class Trainer {
             batchIdx = 0;
             batches = this.epoch(epoch);
           }
-          const data = this.data;
+          const data = this.data as readonly Example[];
           ex = batches[batchIdx++]!.map((i) => data[i]!);
         }
         // the forward and backward of a step are the training scope: dropout is active there only
@@ -327,7 +345,7 @@ export class Trainer {
           } else {
             const b = collate(ex, this.padId, { pack: c.pack, maxLen: c.maxLen });
             tokens += b.tokens;
-            loss = batchLoss(this.model, b.ids, b.targets, b.mask);
+            loss = batchLoss(this.model, b.ids, b.targets, b.mask, { taskIds: b.taskIds, promptLengths: b.promptLengths });
           }
           const scaled = c.gradAccum > 1 ? loss.mul(1 / c.gradAccum) : loss;
           scaled.backward();
