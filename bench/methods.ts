@@ -35,6 +35,7 @@ import { demoModelDir } from '../src/train/demo.js';
 import { evaluateLoss, labelAccuracy } from '../src/train/evaluate.js';
 import { type Example, fitExamples, shuffleInPlace, toExample } from '../src/train/examples.js';
 import { labelFirstTokens, runTraining } from '../src/train/run.js';
+import { prefixRecord } from '../src/train/multitask.js';
 
 // ---------------------------------------------------------------------------------------------
 // Method configs
@@ -169,7 +170,7 @@ export type TaskName = (typeof TASK_NAMES)[number];
 
 type Scoring = 'first-token' | 'label-sequence' | 'nll';
 
-interface TaskDef {
+export interface TaskDef {
   metric: 'accuracy' | 'nll_per_token';
   scoring: Scoring;
   inference: 'scoring' | 'greedy-decode';
@@ -180,15 +181,19 @@ interface TaskDef {
   maxLen: number;
   /** What the split is, in words, for the JSON lines and the docs. */
   split: string;
-  load(root: string, tok: Tokenizer, heldOut: number): { train: Example[]; heldOut: Example[]; labels?: string[]; files: string[] };
+  /**
+   * The fixed split as token examples; `prefix` (the shared multi-task adapter's task prompt)
+   * goes before every input.
+   */
+  load(root: string, tok: Tokenizer, heldOut: number, prefix?: string): { train: Example[]; heldOut: Example[]; labels?: string[]; files: string[] };
 }
 
 /** The split seed: fixed, so that every method and run seed sees the same examples. */
 export const SPLIT_SEED = 0;
 
 
-function labelExamples(records: DataRecord[], tok: Tokenizer, cue: string, maxLen: number, file: string): Example[] {
-  return fitExamples(records.map((r) => toExample(r, tok, { labelCue: cue })), maxLen, true, file).examples;
+function labelExamples(records: DataRecord[], tok: Tokenizer, cue: string, maxLen: number, file: string, prefix?: string): Example[] {
+  return fitExamples(records.map((r) => toExample(prefix === undefined ? r : prefixRecord(r, prefix), tok, { labelCue: cue })), maxLen, true, file).examples;
 }
 
 function relabel(records: DataRecord[], f: (label: string) => string): DataRecord[] {
@@ -198,22 +203,22 @@ function relabel(records: DataRecord[], f: (label: string) => string): DataRecor
 /** AG News classes 1-4 as lower-case words, which differ in their first token for tok512. */
 const AG_NEWS_WORDS: Record<string, string> = { 1: 'world', 2: 'sports', 3: 'business', 4: 'tech' };
 
-const TASKS: Record<TaskName, TaskDef> = {
+export const TASKS: Record<TaskName, TaskDef> = {
   sms: {
     metric: 'accuracy', scoring: 'first-token', inference: 'scoring', steps: 60, heldOut: 1000, maxLen: 64,
     split: 'the demo\'s: SMSSpamCollection shuffled with seed 0, the first 1,000 messages held out, the other 4,574 for training',
-    load(root, tok, heldOut) {
+    load(root, tok, heldOut, prefix) {
       const file = join(root, 'datasets', 'sms_spam', 'SMSSpamCollection');
       const { records } = readRecords(file, { format: 'tsv', quote: false, textColumn: 'SMS', labelColumn: 'Label' });
       const all = shuffleInPlace(records.slice(), SPLIT_SEED);
-      const make = (rs: DataRecord[]) => labelExamples(rs, tok, '\nSpam or ham?', this.maxLen, file);
+      const make = (rs: DataRecord[]) => labelExamples(rs, tok, '\nSpam or ham?', this.maxLen, file, prefix);
       return { train: make(all.slice(this.heldOut)), heldOut: make(all.slice(0, Math.min(heldOut, this.heldOut))), labels: ['ham', 'spam'], files: [file] };
     },
   },
   agnews: {
     metric: 'accuracy', scoring: 'first-token', inference: 'scoring', steps: 50, heldOut: 1000, maxLen: 64,
     split: 'AG News test.csv (the only split present) shuffled with seed 0: the first 1,000 rows held out, the other 6,600 for training; text = description, label 1-4 as world/sports/business/tech',
-    load(root, tok, heldOut) {
+    load(root, tok, heldOut, prefix) {
       const file = join(root, 'datasets', 'ag_news_test', 'test.csv');
       const { records } = readRecords(file, { format: 'csv', textColumn: 'description', labelColumn: 'label' });
       const all = shuffleInPlace(relabel(records, (l) => {
@@ -221,22 +226,22 @@ const TASKS: Record<TaskName, TaskDef> = {
         if (!w) throw new AdaptkitError(`${file}: label "${l}" is not an AG News class (1-4)`);
         return w;
       }), SPLIT_SEED);
-      const make = (rs: DataRecord[]) => labelExamples(rs, tok, '\nTopic:', this.maxLen, file);
+      const make = (rs: DataRecord[]) => labelExamples(rs, tok, '\nTopic:', this.maxLen, file, prefix);
       return { train: make(all.slice(this.heldOut)), heldOut: make(all.slice(0, Math.min(heldOut, this.heldOut))), labels: Object.values(AG_NEWS_WORDS), files: [file] };
     },
   },
   banking77: {
     metric: 'accuracy', scoring: 'label-sequence', inference: 'scoring', steps: 50, heldOut: 200, maxLen: 80,
     split: 'BANKING77 train.tsv (9,003 texts) for training; test.tsv shuffled with seed 0, its first 200 texts held out (each is scored against all 77 label sequences); dev.tsv unused; labels with "_" read as spaces',
-    load(root, tok, heldOut) {
+    load(root, tok, heldOut, prefix) {
       const dir = join(root, 'datasets', 'banking77');
       const read = (f: string) => relabel(readRecords(join(dir, f), { format: 'tsv', textColumn: 'text', labelColumn: 'label' }).records, (l) => l.replace(/_/g, ' '));
       const train = shuffleInPlace(read('train.tsv'), SPLIT_SEED);
       const test = shuffleInPlace(read('test.tsv'), SPLIT_SEED).slice(0, Math.min(heldOut, this.heldOut));
       const labels = [...new Set(train.map((r) => (r as { label: string }).label))].sort();
       return {
-        train: labelExamples(train, tok, '\nIntent:', this.maxLen, join(dir, 'train.tsv')),
-        heldOut: labelExamples(test, tok, '\nIntent:', this.maxLen, join(dir, 'test.tsv')),
+        train: labelExamples(train, tok, '\nIntent:', this.maxLen, join(dir, 'train.tsv'), prefix),
+        heldOut: labelExamples(test, tok, '\nIntent:', this.maxLen, join(dir, 'test.tsv'), prefix),
         labels, files: [join(dir, 'train.tsv'), join(dir, 'test.tsv')],
       };
     },
@@ -244,10 +249,10 @@ const TASKS: Record<TaskName, TaskDef> = {
   gsm8k: {
     metric: 'nll_per_token', scoring: 'nll', inference: 'greedy-decode', steps: 40, heldOut: 300, maxLen: 96,
     split: 'the demo\'s: GSM8K train.jsonl questions (shuffled with seed 0) for training; the first 300 questions of test.jsonl held out',
-    load(root, tok, heldOut) {
+    load(root, tok, heldOut, prefix) {
       const q = (f: string) => readRecords(join(root, 'datasets', 'gsm8k', f), { format: 'jsonl' }).records
         .flatMap((r) => (r.kind === 'completion' ? [r.prompt.trimEnd()] : []));
-      const make = (qs: string[]) => fitExamples(qs.map((text) => toExample({ kind: 'text', text }, tok)), this.maxLen, true).examples;
+      const make = (qs: string[]) => fitExamples(qs.map((text) => toExample(prefix === undefined ? { kind: 'text', text } : prefixRecord({ kind: 'text', text }, prefix), tok)), this.maxLen, true).examples;
       return {
         train: make(shuffleInPlace(q('train.jsonl'), SPLIT_SEED)),
         heldOut: make(q('test.jsonl').slice(0, Math.min(heldOut, this.heldOut))),
@@ -276,6 +281,8 @@ export interface ScoredLM {
 /** Records one prompt's keys and values (the first forward of a scored example). */
 class PromptCache {
   length = 0;
+  /** The prompt's one sequence, which every continuation row continues (for prompt hooks). */
+  readonly seqs: readonly object[] = [{}];
   readonly k: Tensor[] = [];
   readonly v: Tensor[] = [];
 
@@ -292,7 +299,10 @@ class PromptCache {
 
 /** One prompt's keys and values in front of every row of a batch of continuations. */
 class SharedPrefixCache {
-  constructor(private readonly prompt: PromptCache, private readonly rows: number, public length: number) {}
+  readonly seqs: readonly object[];
+  constructor(private readonly prompt: PromptCache, private readonly rows: number, public length: number) {
+    this.seqs = Array.from({ length: rows }, () => prompt.seqs[0]!);
+  }
 
   append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
     const wide = (t: Tensor) => expand(t, [this.rows, ...t.shape.slice(1)]);
@@ -469,7 +479,7 @@ interface RunResult {
   warmup_steps: number;
 }
 
-function folderBytes(dir: string): number {
+export function folderBytes(dir: string): number {
   let n = 0;
   for (const f of readdirSync(dir)) {
     const p = join(dir, f);
@@ -707,7 +717,7 @@ export function meanStd(xs: readonly number[]): { mean: number; std: number | nu
   return { mean, std: Math.sqrt(v) };
 }
 
-function round(x: number, digits: number): number {
+export function round(x: number, digits: number): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
 }

@@ -161,6 +161,23 @@ export async function main(argv: string[]): Promise<number> {
       await runLtSftCli(o);
     });
 
+  bench
+    .command('multitask')
+    .description('multi-task and transfer methods on stories260K: single-task and shared adapters, Poly/MHR, prompt tuning and IAPT on SMS spam + AG News + BANKING77 + GSM8K, then few-shot SVAMP by MHR-z/MHR-μ, AdapterFusion, ScaLearn and MixDA')
+    .option('--rows <list>', 'comma-separated row names (default: all; the rows they build on are added)')
+    .option('--seeds <n>', 'seeds (default 3; --quick: 1)')
+    .option('--joint-steps <n>', 'training steps of the multi-task rows and the MixDA domain stage (default 200)')
+    .option('--target-steps <n>', 'training steps of the few-shot target rows (default 40)')
+    .option('--quick', 'smoke test: 1 seed, a few steps, 64 training and 24 held-out examples per task')
+    .option('--data-dir <dir>', 'offline data folder (default: $ADAPTKIT_DATA, else ../shared/data)')
+    .option('--out <dir>', 'keep the run folders (adapters, metrics) here instead of a temporary folder')
+    .option('--json', 'print only the JSON lines (no Markdown table on stdout)')
+    .option('--markdown <file>', 'write the Markdown tables to this file')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { runMultitaskCli } = await import('../../bench/multitask.js');
+      await runMultitaskCli(o);
+    });
+
   try {
     await program.parseAsync(argv);
     return 0;
