@@ -42,6 +42,14 @@ export function registryCases(): MethodCase[] {
 }
 
 const IDS = ak.tensor([5, 17, 3, 44, 9, 1, 60, 2], [2, 4], { dtype: 'i32' }).keep();
+/** What adapters generated from a context (the `condition` capability) are given before each check. */
+const CONTEXT = ak.tensor([3, 9, 27, 4, 11, 50, 8], [1, 7], { dtype: 'i32' }).keep();
+
+/** Give an adapter that is generated from a context its context; others are left as they are. */
+export function conditioned<T extends ak.AdapterInstance>(am: AdapterModel, inst: T): T {
+  inst.condition?.(am, CONTEXT);
+  return inst;
+}
 
 export function logits(am: AdapterModel, ids = IDS): Float32Array {
   return ak.tidy(() => ak.noGrad(() => am.forward(ids).toArray() as Float32Array));
@@ -73,7 +81,7 @@ export function contractSuite(cases: readonly MethodCase[]): void {
           ak.setBackend(backend);
           const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
           const before = logits(am);
-          const inst = am.add('a', c.config, { seed: 1 });
+          const inst = conditioned(am, am.add('a', c.config, { seed: 1 }));
           assert.ok(inst.parameters().length > 0);
           const identity = !changesAtInit(c);
           if (identity) assertClose(logits(am), before, `${c.name} zero-init`, 1e-5, 1e-4);
@@ -100,7 +108,7 @@ export function contractSuite(cases: readonly MethodCase[]): void {
           // a method may save its inference form as another method's adapter (MoSA as a bottleneck)
           assert.equal(cfg.peft_type, inst.configJson().peft_type);
           const fresh = new AdapterModel(loadModel(join(FIX, c.model)).model);
-          fresh.load(dir, 'b');
+          conditioned(fresh, fresh.load(dir, 'b'));
           // exact, except for adapters saved converted: SVD-initialized ones (for the original
           // weights) and those saved as another method
           const converted = !!inst.residualBase?.size || cfg.peft_type !== c.config.peft_type;
@@ -114,7 +122,7 @@ export function contractSuite(cases: readonly MethodCase[]): void {
         it(`${c.name}: gradients match finite differences`, () => {
           ak.setBackend(backend);
           const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
-          am.add('a', c.config, { seed: 3 });
+          conditioned(am, am.add('a', c.config, { seed: 3 }));
           perturb(am, 4);
           const params = am.trainableParameters();
           const R = ak.randn([2, 4, 64], { rng: new ak.Rng(5) }).keep();
@@ -170,7 +178,7 @@ export function contractSuite(cases: readonly MethodCase[]): void {
 
       it(`${c.name}: a mixed batch (this adapter, none, a LoRA, this adapter) equals each row run alone`, () => {
         const am = new AdapterModel(loadModel(join(FIX, c.model)).model);
-        am.add('a', c.config, { seed: 1 });
+        conditioned(am, am.add('a', c.config, { seed: 1 }));
         am.add('l', { peft_type: 'LORA', r: 2, lora_alpha: 4, fan_in_fan_out: c.model === 'gpt2', target_modules: c.model === 'gpt2' ? ['c_attn'] : ['q_proj'] }, { seed: 2 });
         for (const n of ['a', 'l']) {
           am.setActive([n]);

@@ -37,7 +37,7 @@ function makeAdapters(): string[] {
       ak.noGrad(() => {
         for (const t of am.trainableParameters()) {
           const a = t.storage.data as Float32Array;
-          for (let j = 0; j < t.size; j++) a[t.offset + j]! += rng.normal() * 0.3;
+          for (let j = 0; j < t.size; j++) a[t.offset + j]! += rng.normal() * 1.0;
         }
       });
       am.save(join(ADAPTERS, p.name), p.name);
@@ -98,8 +98,11 @@ describe('serving every method', () => {
     const expected = new Map<string, string>();
     for (const n of [...names, 'base']) expected.set(n, await cliGenerate(n === 'base' ? null : n));
     models.forEach((m, i) => assert.equal(served[i], expected.get(m), `${m}: served text differs from adaptkit generate`));
-    const distinct = new Set(expected.values());
-    assert.ok(distinct.size >= names.length - 1, 'the adapters change the greedy text');
+    const byText = new Map<string, string[]>();
+    for (const [n, t] of expected) byText.set(t, [...(byText.get(t) ?? []), n]);
+    const same = [...byText.values()].filter((v) => v.length > 1);
+    // a context-generated adapter is the base model until it is given a context, so one may match the base
+    assert.ok(byText.size >= names.length - 1, `the adapters change the greedy text; these give the same: ${JSON.stringify(same)}`);
   });
 
   it('refuses an adapter whose rank is above --max-rank with a 400 naming the field', async () => {

@@ -7,7 +7,7 @@ import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../te
 import { type AdapterDescriptor, Linear, Module, describeModel } from '../nn/index.js';
 import { getMethod, isMergeable } from './registry.js';
 import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
-import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, PromptSpans, TaskRouting } from './types.js';
+import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, PaddingMask, PromptSpans, TaskRouting } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { loadAdapter, saveAdapter } from './peft-io.js';
 import { forwardMixed, withRowAdapters } from './mixed.js';
@@ -57,6 +57,8 @@ export class AdapterModel<M extends Module = Module> {
   readonly tasks = new TaskRouting();
   /** Per-row prompt lengths that instruction-conditioned adapters read during a forward. */
   readonly prompts = new PromptSpans();
+  /** The attention mask of the forward that is running, for adapters that read one position per row. */
+  readonly padding = new PaddingMask();
   /** Trainable copies of modules_to_save, per adapter, by path. */
   readonly saved = new Map<string, Map<string, Module>>();
   private originals = new Map<string, Module | null>();
@@ -121,7 +123,7 @@ export class AdapterModel<M extends Module = Module> {
           throw new AdaptkitError(`adapter "${name}": its config asks for ${n} parameters, ${Math.round(n / base)}x the base model's ${base}; check the size fields (r, bottleneck size, virtual tokens)`);
         }
       }
-      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), tasks: this.tasks, prompts: this.prompts, model: this.model, descriptor, covariance: opts.covariance });
+      const inst = method.create(name, config, targets, { rng: new Rng(opts.seed ?? 0), tasks: this.tasks, prompts: this.prompts, padding: this.padding, model: this.model, descriptor, covariance: opts.covariance });
       this.adapters.set(name, inst);
       if (config.modules_to_save?.length) {
         const copies = new Map<string, Module>();
@@ -300,20 +302,21 @@ export class AdapterModel<M extends Module = Module> {
   /**
    * The model's forward with the active adapters. `taskIds` (one per row, or one for all rows)
    * routes task-conditioned methods and `promptLengths` (one per row) marks each row's prompt,
-   * for this forward only.
+   * for this forward only; adapters that read one position per row see `attentionMask` too.
    */
   forward(ids: Tensor, opts: { cache?: unknown; attentionMask?: Tensor | null; tokenTypeIds?: Tensor | null; positions?: Tensor | null; taskIds?: ArrayLike<number> | null; promptLengths?: ArrayLike<number> | null } = {}): Tensor {
     const { taskIds, promptLengths, ...rest } = opts;
     const run = () => (this.model as unknown as ForwardModel).forward(ids, rest);
-    if (taskIds === undefined && promptLengths === undefined) return run();
-    const before = { tasks: this.tasks.ids, prompts: this.prompts.lengths };
+    const before = { tasks: this.tasks.ids, prompts: this.prompts.lengths, padding: this.padding.mask };
     if (taskIds !== undefined) this.tasks.ids = taskIds === null ? null : Int32Array.from(taskIds);
     if (promptLengths !== undefined) this.prompts.lengths = promptLengths === null ? null : Int32Array.from(promptLengths);
+    this.padding.mask = rest.attentionMask ?? null;
     try {
       return run();
     } finally {
       this.tasks.ids = before.tasks;
       this.prompts.lengths = before.prompts;
+      this.padding.mask = before.padding;
     }
   }
 

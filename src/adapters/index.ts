@@ -12,6 +12,12 @@ import './methods/mask-tuning.js';
 import './methods/sparse-diff.js';
 import './methods/s2ft.js';
 import './methods/lt-sft.js';
+import './methods/poly.js';
+import './methods/iapt.js';
+import './methods/fusion.js';
+import './methods/scalearn.js';
+import './methods/mixda.js';
+import './methods/generative-adapter.js';
 
 export { AdapterModel, type AddAdapterOptions } from './adapter-model.js';
 export { exportAdapter } from './peft-io.js';
@@ -30,6 +36,7 @@ export {
   RowRouting,
   TaskRouting,
   PromptSpans,
+  PaddingMask,
   type AdapterMethod, type AdapterInstance, type LayerDelta, type BaseAdapterConfig, type RawAdapterConfig, type TargetInfo,
   type MethodOption, type MethodPreset, type PresetOptions, type RowBatchedForm, type SlotTensor, type CombineOptions, type CreateContext,
 } from './types.js';
@@ -45,3 +52,9 @@ export { PromptEmbedding, type PromptTuningConfig } from './methods/prompt-tunin
 export { PrefixAdapter, type PrefixTuningConfig } from './methods/prefix-tuning.js';
 export { collectCovariance } from './calibrate.js';
 export { compilePattern } from './patterns.js';
+export { POLY, PolyDelta, PolyRouter, PolyAdapter, mixFactors, newTaskConfig, averagedLora, saveAveragedLora, taskLora, type PolyConfig, type PolyTransfer } from './methods/poly.js';
+export { IAPT, IaptAdapter, PromptGenerator, rational, GENERATOR_WIDTH, type IaptConfig } from './methods/iapt.js';
+export { exportAdapterHubFusion, loadAdapterHubFusion, adapterHubLocation, FUSION_CONFIGS, type FusionConfig, type AdapterHubLocation } from './methods/fusion.js';
+export { ScaLearnDelta, type ScaLearnConfig } from './methods/scalearn.js';
+export { MIXDA, MixdaDelta, KnowledgeAdapter, parseMixda, lastRealPositions, type MixdaConfig, type GatePosition } from './methods/mixda.js';
+export { GENERATIVE_ADAPTER, GenerativeAdapter, GenerativeDelta, captureLayerInputs, parseGenerativeAdapter, type GenerativeAdapterConfig, type ContextStates, type CoreNorm } from './methods/generative-adapter.js';

@@ -199,6 +199,10 @@ export function forwardMixed(am: AdapterModel, ids: Tensor, rowAdapters: readonl
   if (rowAdapters.length !== ids.shape[0]) throw new AdaptkitError(`${rowAdapters.length} row adapters for a batch of ${ids.shape[0]} rows`);
   const insts = instances(am, rowAdapters);
   const forward = (x: Tensor, mask: Tensor | null) => am.forward(x, { attentionMask: mask });
+  // a sub-batch sees the task ids and prompt lengths of its own rows
+  const ofRows = (v: Int32Array | null, rows: readonly number[]) => (v === null || v.length === 1 ? v : Int32Array.from(rows, (r) => v[r]!));
+  const forwardRows = (x: Tensor, mask: Tensor | null, rows: readonly number[]) =>
+    am.forward(x, { attentionMask: mask, taskIds: ofRows(am.tasks.ids, rows), promptLengths: ofRows(am.prompts.lengths, rows) });
   const batched = (a: string | null) => a === null || isRowBatched(insts.get(a)!);
   if (rowAdapters.every(batched)) return withRowAdapters(am, rowAdapters, () => forward(ids, opts.attentionMask ?? null));
   // rows of row-batched adapters (and of none) run together; every other adapter's rows as a group
@@ -214,8 +218,8 @@ export function forwardMixed(am: AdapterModel, ids: Tensor, rowAdapters: readonl
     const mask = opts.attentionMask ? indexSelect(opts.attentionMask, 0, idx) : null;
     const sub = indexSelect(ids, 0, idx);
     parts.push(key === '\0rows'
-      ? withRowAdapters(am, rows.map((r) => rowAdapters[r]!), () => forward(sub, mask))
-      : am.withActive([key], () => forward(sub, mask)));
+      ? withRowAdapters(am, rows.map((r) => rowAdapters[r]!), () => forwardRows(sub, mask, rows))
+      : am.withActive([key], () => forwardRows(sub, mask, rows)));
     order.push(...rows);
   }
   const shape = parts[0]!.shape.slice(1);

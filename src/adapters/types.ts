@@ -81,8 +81,20 @@ export class PromptSpans {
   lengths: Int32Array | null = null;
 }
 
+/**
+ * Which positions of every row of the next forward are real tokens: the forward's attention
+ * mask (1 = token, 0 = padding; with a KV cache it also covers the cached positions), for
+ * methods that read one position of each sequence (MixDA's gate reads each row's last token).
+ * AdapterModel.forward sets it; null: no mask given, every position is real.
+ */
+export class PaddingMask {
+  mask: Tensor | null = null;
+}
+
 export interface CreateContext {
   rng: Rng;
+  /** The attention mask of each forward (shared by all adapters of the model; absent: none). */
+  padding?: PaddingMask;
   /** Per-row prompt lengths of each forward (shared by all adapters of the model). */
   prompts: PromptSpans;
   /** Per-row task ids of each forward (shared by all adapters of the model). */
@@ -122,16 +134,30 @@ export interface AdapterInstance {
   /**
    * The training objective of one step when it is not the plain loss of one forward (two passes
    * with a consistency term, say): `logits()` runs the model on the step's batch, `loss(l)` is
-   * the data loss of logits `l`, `weights` [B, T] is 1 at the positions the loss counts. Called
-   * inside the training scope.
+   * the data loss of logits `l`, `weights` [B, T] is 1 at the positions the loss counts,
+   * `taskIds` [B] the task of each row (multi-task training; 0 on a single task), `ids` and
+   * `mask` [B, T] the batch's token ids and padding mask (1: token), for objectives that run the
+   * model on other sequences made from the batch. Called inside the training scope.
    */
-  objective?(step: { logits(): Tensor; loss(logits: Tensor): Tensor; weights?: Tensor }): Tensor;
+  objective?(step: { logits(): Tensor; loss(logits: Tensor): Tensor; weights?: Tensor; taskIds?: Int32Array; ids?: Tensor; mask?: Tensor }): Tensor;
   /**
    * Everything training needs to resume exactly, when the saved adapter is not all of it (the
    * experts behind a merged adapter); checkpoints store it and load it back.
    */
   checkpointState?(): Map<string, Tensor>;
   loadCheckpointState?(tensors: Map<string, Tensor>, source: string): void;
+  /**
+   * Capability of generators of adapters (Generative Adapter): the base model alone reads the
+   * context, token ids [C, T] with `mask` [C, T] 0 at padding, and every forward after it runs
+   * the adapter generated from it (one context for all rows when C = 1, else one per batch row)
+   * until the next call; null goes back to no context, where the adapter changes nothing.
+   */
+  condition?(am: AdapterModel, contextIds: Tensor | null, mask?: Tensor | null): void;
+  /**
+   * The adapter generated from the current one-row context, as an ordinary adapter of another
+   * method (its PEFT config and tensors), to add, save and serve like any other.
+   */
+  generated?(): { config: RawAdapterConfig; tensors: Map<string, Tensor> };
 }
 
 /** A CLI option a method's presets read (`adaptkit train --<name> <value>`). */

@@ -1,11 +1,14 @@
 /** CLI commands over models: generate, convert, score. */
 import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
 import { AdaptkitError, noGrad, tensor, tidy, logSoftmax } from '../tensor/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { generate } from '../models/generate.js';
 import { convertLlama2c } from '../models/convert.js';
 import { isHubId, snapshotDownload } from '../io/hub.js';
 import { AdapterModel } from '../adapters/index.js';
+import { regularFileSize } from '../adapters/files.js';
+import type { Tokenizer } from '../models/tokenizer.js';
 import { SAMPLING_RANGES } from '../models/sampling-rules.js';
 import { intOption, numberOption, optionalNumber } from './options.js';
 
@@ -26,6 +29,34 @@ export async function resolveModel(arg: string): Promise<string> {
 }
 
 
+/** The name the adapter generated from --context gets next to the generator. */
+const GENERATED = 'context';
+
+/**
+ * --context: the generator loaded as `am`'s default adapter reads the file's text (through the
+ * base model), and the adapter it generates becomes the active one; --save-lora saves it.
+ */
+function useContext(am: AdapterModel, tok: Tokenizer, file: string, saveDir: string | undefined, maxPositions: number | undefined): void {
+  const gen = am.adapters.get('default');
+  if (!gen) throw new AdaptkitError('--context needs --adapter: a generator of adapters that reads the context');
+  if (!gen.condition || !gen.generated) throw new AdaptkitError(`--context: the --adapter (${gen.method.peftType}) does not generate adapters from a context`);
+  regularFileSize(file, 'context file');
+  // a text file's final line break ends the file, not the text
+  const text = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  if (text.trim() === '') throw new AdaptkitError(`--context ${file}: the file is empty; an adapter is generated from some text`);
+  const ids = tok.encode(text, { bos: true });
+  if (maxPositions !== undefined && ids.length > maxPositions) throw new AdaptkitError(`--context ${file}: ${ids.length} tokens, more than the model's ${maxPositions} positions`);
+  const made = tidy(() => noGrad(() => {
+    gen.condition!(am, tensor(ids, [1, ids.length], { dtype: 'i32' }));
+    return gen.generated!();
+  }));
+  gen.condition(am, null);
+  const inst = am.add(GENERATED, made.config, { source: `the adapter generated from ${file}` });
+  inst.loadStateDict(made.tensors, `the adapter generated from ${file}`);
+  for (const t of made.tensors.values()) t.dispose();
+  am.setActive([GENERATED]);
+  if (saveDir) am.save(saveDir, GENERATED);
+}
 
 export function registerModelCommands(program: Command): void {
   program
@@ -42,12 +73,17 @@ export function registerModelCommands(program: Command): void {
     .option('--seed <s>', 'sampling seed', '0')
     .option('--stop <text...>', 'stop strings')
     .option('--adapter <dir>', 'apply a PEFT adapter folder')
+    .option('--context <file>', 'with a generator of adapters as --adapter: generate the adapter from this text file (the base model reads it) and generate with that adapter')
+    .option('--save-lora <dir>', 'with --context: also save the generated adapter there, as a PEFT adapter folder')
     .action(async (o: Record<string, string | string[] | undefined>) => {
+      if (o.saveLora && !o.context) throw new AdaptkitError('--save-lora saves the adapter generated from --context; give --context FILE');
       const path = await resolveModel(String(o.model));
       const { model } = loadModel(path);
       const am = new AdapterModel(model);
       if (o.adapter) am.load(String(o.adapter));
       const tok = loadTokenizer(path, o.tokenizer as string | undefined, model.config.vocabSize);
+      if (o.context) useContext(am, tok, String(o.context), o.saveLora as string | undefined, (model.config as { maxPositions?: number }).maxPositions);
+      else if (am.adapters.get('default')?.condition) process.stderr.write('adaptkit: the --adapter generates adapters from a context; without --context it leaves the model unchanged\n');
       const prompt = tok.encode(String(o.prompt ?? ''), { bos: true });
       process.stdout.write(String(o.prompt ?? ''));
       generate(am, tok, prompt, {

@@ -19,10 +19,41 @@ export type TargetRole =
   /** The layer whose output ends the attention sub-block / the feed-forward sub-block. */
   | 'block.attn_out' | 'block.ffn_out'
   /** The whole feed-forward block (parallel adapters sit beside it). */
-  | 'block.ffn';
+  | 'block.ffn'
+  /** The norm a pre-norm block starts with: its input is the block's input (the residual stream). */
+  | 'block.input_norm';
 
 /** Target spec with PEFT semantics: a list of name suffixes, or one full-match regex over paths. */
 export type TargetSpec = string[] | string;
+
+/** What a KV cache tells a prefix hook about the sequences of its rows. */
+export interface PrefixCache {
+  /** Positions cached before this forward. */
+  readonly length: number;
+  /**
+   * One object per batch row that stands for that row's sequence across forwards, for caches
+   * that are rebuilt every step (a paged cache's step view) or whose rows are rearranged (a
+   * prompt's rows repeated for several continuations). Absent: the cache object is the same
+   * across a sequence's forwards and row b is the same sequence in each of them.
+   */
+  readonly seqs?: readonly object[];
+}
+
+/** One attention step as its `kv_prefix` hook sees it, for prefixes computed from the input. */
+export interface KVPrefixStep {
+  /** The attention layer's input [B, T, hidden] (after the block's norm). */
+  x: Tensor;
+  /** [B, start + T]: 1 for real keys (cached and new), 0 for padding; null: all are real. */
+  keyMask: Tensor | null;
+  /** Positions the cache held before this step (0: no cache, or a sequence's first forward). */
+  start: number;
+  cache: PrefixCache | null;
+  /**
+   * Keys and values [B, kvHeads, P, headDim] that this layer's own key/value projections make
+   * of vectors h [B, P, hidden], with no position applied (prefix positions have none).
+   */
+  project(h: Tensor): { k: Tensor; v: Tensor };
+}
 
 /** A key/value prefix fed to an attention layer (prefix tuning and its relatives). */
 export interface KVPrefixHook extends Module {
@@ -30,7 +61,7 @@ export interface KVPrefixHook extends Module {
    * Keys and values [B, kvHeads, P, headDim] to put before this step's keys, and the matching
    * key-mask columns [B, P] (1: attend), for a batch of B rows.
    */
-  prefix(layer: number, batch: number): { k: Tensor; v: Tensor; mask: Tensor | null };
+  prefix(layer: number, batch: number, step: KVPrefixStep): { k: Tensor; v: Tensor; mask: Tensor | null };
 }
 
 export interface AttentionSlot {

@@ -1,5 +1,6 @@
 export { Module } from './module.js';
 export { Linear, Embedding, RMSNorm, LayerNorm, type LinearLike, type EmbeddingLike } from './layers.js';
 export {
-  type AdapterDescriptor, type AttentionSlot, type DescribedModel, type KVPrefixHook, type TargetRole, type TargetSpec, describeModel,
+  type AdapterDescriptor, type AttentionSlot, type DescribedModel, type KVPrefixHook, type KVPrefixStep, type PrefixCache, type TargetRole, type TargetSpec,
+  describeModel,
 } from './descriptor.js';

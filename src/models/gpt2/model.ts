@@ -65,6 +65,14 @@ export class GPT2Attention extends Module {
     return { kvHeads: this.numHeads, headDim: this.hidden / this.numHeads };
   }
 
+  /** Keys and values of vectors h [B, P, hidden] through this layer's fused projection. */
+  projectKV(h: Tensor): { k: Tensor; v: Tensor } {
+    const [B, P, H] = h.shape as [number, number, number];
+    const kv = narrow(this.c_attn.forward(h), 2, H, 2 * H);
+    const part = (i: number) => permute(reshape(narrow(kv, 2, i * H, H), [B, P, this.numHeads, H / this.numHeads]), [0, 2, 1, 3]);
+    return { k: part(0), v: part(1) };
+  }
+
   forward(x: Tensor, ctx: Ctx): Tensor {
     const [B, T, H] = x.shape as [number, number, number];
     const hd = H / this.numHeads;
@@ -72,9 +80,12 @@ export class GPT2Attention extends Module {
     const part = (i: number) => permute(reshape(narrow(qkv, 2, i * H, H), [B, T, this.numHeads, hd]), [0, 2, 1, 3]);
     let k = part(1);
     let v = part(2);
+    const start = ctx.cache?.length ?? 0;
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     let keyMask = ctx.keyMask;
-    if (this.kv_prefix) ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, keyMask));
+    if (this.kv_prefix) {
+      ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, { x, keyMask, start, cache: ctx.cache, project: (h) => this.projectKV(h) }));
+    }
     const o = attention(part(0), k, v, { causal: true, keyMask });
     return this.c_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, H]));
   }
@@ -126,6 +137,7 @@ export class GPT2LMHeadModel extends Module {
         'attn.q': ['c_attn'], 'attn.k': ['c_attn'], 'attn.v': ['c_attn'], 'attn.o': ['attn.c_proj'],
         'mlp.up': ['c_fc'], 'mlp.down': ['mlp.c_proj'],
         'ffn.in': ['mlp.c_proj'], 'block.attn_out': ['attn.c_proj'], 'block.ffn_out': ['mlp.c_proj'], 'block.ffn': ['mlp'],
+        'block.input_norm': ['ln_1'],
       },
       defaultTargets: ['c_attn'],
       layersPattern: ['h'],

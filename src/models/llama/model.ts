@@ -17,6 +17,8 @@ import { type RopeTables, ropeCosSin, ropeCosSinAt, ropeTables } from './rope.js
 export interface KVCacheLike {
   length: number;
   append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor };
+  /** Per-row sequence identity for prefix hooks that keep state per sequence (see `PrefixCache`). */
+  readonly seqs?: readonly object[];
 }
 
 export interface ForwardContext {
@@ -49,15 +51,25 @@ export class LlamaAttention extends Module {
     return { kvHeads: this.numKvHeads, headDim: this.headDim };
   }
 
+  /** Keys and values of vectors h [B, P, hidden] through this layer's projections, without rotary positions. */
+  projectKV(h: Tensor): { k: Tensor; v: Tensor } {
+    const [B, P] = h.shape as [number, number];
+    const heads = (t: Tensor) => permute(reshape(t, [B, P, this.numKvHeads, this.headDim]), [0, 2, 1, 3]);
+    return { k: heads(this.k_proj.forward(h)), v: heads(this.v_proj.forward(h)) };
+  }
+
   forward(x: Tensor, ctx: ForwardContext): Tensor {
     const [B, T] = x.shape as [number, number];
     const heads = (t: Tensor, n: number) => permute(reshape(t, [B, T, n, this.headDim]), [0, 2, 1, 3]);
     const q = rope(heads(this.q_proj.forward(x), this.numHeads), ctx.cos, ctx.sin);
     let k = rope(heads(this.k_proj.forward(x), this.numKvHeads), ctx.cos, ctx.sin);
     let v = heads(this.v_proj.forward(x), this.numKvHeads);
+    const start = ctx.cache?.length ?? 0;
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     let keyMask = ctx.keyMask;
-    if (this.kv_prefix) ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, keyMask));
+    if (this.kv_prefix) {
+      ({ k, v, keyMask } = withKVPrefix(this.kv_prefix, this.layerIndex, k, v, { x, keyMask, start, cache: ctx.cache, project: (h) => this.projectKV(h) }));
+    }
     const o = attention(q, k, v, { causal: true, keyMask });
     return this.o_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, T, this.numHeads * this.headDim]));
   }
@@ -124,6 +136,7 @@ export class LlamaForCausalLM extends Module {
         'attn.q': ['q_proj'], 'attn.k': ['k_proj'], 'attn.v': ['v_proj'], 'attn.o': ['o_proj'],
         'mlp.gate': ['gate_proj'], 'mlp.up': ['up_proj'], 'mlp.down': ['down_proj'],
         'ffn.in': ['down_proj'], 'block.attn_out': ['o_proj'], 'block.ffn_out': ['down_proj'], 'block.ffn': ['mlp'],
+        'block.input_norm': ['input_layernorm'],
       },
       defaultTargets: ['q_proj', 'v_proj'],
       layersPattern: ['layers'],
