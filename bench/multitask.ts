@@ -5,9 +5,10 @@
  * `bench methods`). Three kinds of rows, every one trained with each seed:
  *   single  — one adapter per source task, trained on that task alone (LoRA; the bottleneck
  *             adapters that Fusion and ScaLearn later combine);
- *   joint   — one adapter trained on all source tasks at once (multi-task sampling), scored on
- *             each task: a shared adapter with task prefixes, Poly and MHR routed by task id,
- *             prompt tuning and IAPT;
+ *   joint   — one adapter trained on all source tasks at once (multi-task sampling at
+ *             temperature 2, the loss averaged per row so a label word weighs as much as a
+ *             question's text), scored on each task: a shared adapter with task prefixes, Poly
+ *             and MHR routed by task id, prompt tuning and IAPT;
  *   target  — few-shot transfer to a held-out task (SVAMP question NLL from 64 questions): from
  *             scratch, from the multi-task Poly/MHR inventory (a new routing row, MHR-z, MHR-μ),
  *             by combining the frozen single-task adapters (AdapterFusion, ScaLearn variants),
@@ -205,7 +206,7 @@ export async function runMultitaskBench(o: MultitaskBenchOptions): Promise<{ lin
               ? { tasks: data.tasks.map((s) => ({ name: s.name, train: s.train, validation: [] })), taskPrefix: row.prefix === true }
               : { train: data.one!.train, validation: [] }),
             outDir: out, overwrite: true,
-            config: { steps: nSteps, batchSize: 16, lr: row.lr, schedule: 'cosine', warmupSteps, seed, evalEvery: 0, maxLen: 96 },
+            config: { steps: nSteps, batchSize: 16, lr: row.lr, schedule: 'cosine', warmupSteps, seed, evalEvery: 0, maxLen: 96, ...(row.stage === 'joint' ? { lossAverage: 'row' as const } : {}) },
             identity: { bench: 'multitask', row: name, seed },
           });
           return { dir: r.adapterDir, params: Number(r.report.trainable_parameters), seconds: r.result.seconds, loss: Number(r.report.final_train_loss) };
@@ -346,6 +347,7 @@ export const DEFAULT_ROWS: Row[] = [
   { name: SOURCES, stage: 'single', method: 'bottleneck', config: PFEIFFER, lr: 1e-2, about: 'one Pfeiffer bottleneck adapter (reduction 4) per source task: the per-task adapters of VL-Adapter\'s comparison and the sources AdapterFusion and ScaLearn combine.' },
   { name: 'shared-bottleneck', stage: 'joint', method: 'bottleneck', config: PFEIFFER, prefix: true, lr: 1e-2, about: 'one Pfeiffer bottleneck adapter shared by all four source tasks, inputs prefixed with the task name (VL-Adapter\'s single shared adapter): a quarter of the per-task adapters\' parameters.' },
   { name: 'shared-lora', stage: 'joint', method: 'lora', options: { r: 8 }, prefix: true, lr: 5e-3, about: 'one LoRA (r 8) shared by all four source tasks with task prefixes.' },
+  { name: 'shared-lora-r5', stage: 'joint', method: 'lora', options: { r: 5, targets: ['q_proj', 'v_proj'] }, prefix: true, lr: 5e-3, about: 'LoRA r 5 on q and v shared by all source tasks with task prefixes: about IAPT\'s parameter count.' },
   { name: 'poly', stage: 'joint', method: 'poly', options: { r: 8, 'n-tasks': 4, 'n-skills': 4 }, routed: true, lr: 1e-2, about: 'Poly: 4 LoRA skills (r 8) per layer mixed per task by a learned router; scored with each task\'s id.' },
   { name: 'mhr', stage: 'joint', method: 'mhr', options: { r: 8, 'n-tasks': 4, 'n-skills': 4, 'n-splits': 4 }, routed: true, lr: 1e-2, about: 'MHR: Poly with each skill cut into 4 heads routed separately.' },
   { name: 'shared-prompt', stage: 'joint', method: 'prompt', options: { 'virtual-tokens': 4 }, prefix: true, lr: 1e-1, about: 'prompt tuning (4 virtual tokens) shared by all source tasks with task prefixes.' },

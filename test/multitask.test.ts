@@ -548,3 +548,50 @@ describe('adaptkit train and eval with two tasks', () => {
     }
   });
 });
+
+describe('loss averaging', () => {
+  // logits [2, 3, 4]: row 0 counts one token, row 1 counts three
+  const V = 4;
+  const rng = new ak.Rng(5);
+  const logitsData = Array.from({ length: 2 * 3 * V }, () => rng.normal());
+  const targetsData = [1, -100, -100, 0, 3, 2];
+  const logSoftmaxAt = (at: number, y: number) => {
+    const row = logitsData.slice(at * V, at * V + V);
+    const m = Math.max(...row);
+    return row[y]! - m - Math.log(row.reduce((s, v) => s + Math.exp(v - m), 0));
+  };
+  const nll = targetsData.map((y, i) => (y === -100 ? null : -logSoftmaxAt(i, y)));
+
+  it('"row" is the mean over rows of each row\'s mean, "token" the mean over tokens (hand computation)', () => {
+    const logits = ak.tensor(logitsData, [2, 3, V]);
+    const targets = ak.tensor(targetsData, [2, 3], { dtype: 'i32' });
+    const row0 = nll[0]!;
+    const row1 = (nll[3]! + nll[4]! + nll[5]!) / 3;
+    const byToken = (nll[0]! + nll[3]! + nll[4]! + nll[5]!) / 4;
+    assert.ok(Math.abs(ak.tokenLoss(logits, targets, 'row').item() - (row0 + row1) / 2) < 1e-5);
+    assert.ok(Math.abs(ak.tokenLoss(logits, targets, 'token').item() - byToken) < 1e-5);
+    // the two differ here, so the check can tell them apart
+    assert.ok(Math.abs((row0 + row1) / 2 - byToken) > 1e-3);
+  });
+
+  it('a row with no counted token does not count, and the gradient of "row" is that of the weighted mean', () => {
+    const logits = ak.parameter(ak.tensor([...logitsData, ...logitsData.slice(0, 3 * V)], [3, 3, V]));
+    const targets = ak.tensor([...targetsData, -100, -100, -100], [3, 3], { dtype: 'i32' });
+    const loss = ak.tokenLoss(logits, targets, 'row');
+    assert.ok(Math.abs(loss.item() - (nll[0]! + (nll[3]! + nll[4]! + nll[5]!) / 3) / 2) < 1e-5);
+    loss.backward();
+    const g = logits.grad!.toArray() as Float32Array;
+    // d/dlogit of position 0 (row 0, weight 1/2): (softmax - onehot) / 2
+    const row = logitsData.slice(0, V);
+    const m = Math.max(...row);
+    const z = row.reduce((s, v) => s + Math.exp(v - m), 0);
+    for (let k = 0; k < V; k++) assert.ok(Math.abs(g[k]! - (Math.exp(row[k]! - m) / z - (k === 1 ? 1 : 0)) / 2) < 1e-5);
+    assert.ok(Array.from(g.slice(6 * V)).every((v) => v === 0), 'the empty row gets no gradient');
+  });
+
+  it('the CLI refuses a --loss-average other than token or row, by name, before reading anything', async () => {
+    const r = await cli('train', '--model', 'x', '--data', 'y', '--method', 'lora', '--loss-average', 'rows', '--out', join(mkdtempSync(join(tmpdir(), 'adaptkit-la-')), 'o'));
+    assert.notEqual(r.code, 0);
+    assert.match(r.err, /--loss-average must be token or row, got "rows"/);
+  });
+});

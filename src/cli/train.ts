@@ -15,7 +15,7 @@ import { type Classifier, classificationAccuracy, classificationExamples } from 
 import { StreamingExamples } from '../train/stream.js';
 import { type DataRecord, readRecords, type ReadOptions } from '../train/data.js';
 import { DEFAULT_LABEL_CUE, type Example, type LabelWords, fitExamples, readLabelWords, splitExamples, toExample } from '../train/examples.js';
-import { evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
+import { LOSS_AVERAGES, type LossAverage, evaluateLoss, exactMatch, labelAccuracy } from '../train/evaluate.js';
 import { plotMetrics } from '../train/plot.js';
 import { makeProgress } from '../train/progress.js';
 import { FULL_FINE_TUNING, LABELS_FILE, type RunOptions, checkRunDir, labelSequences, labelsInOrder, notAFolder, readLabelsFile, runTraining } from '../train/run.js';
@@ -235,6 +235,13 @@ function taskSamplingOf(o: MultiTaskFlags): { sampling: TaskSampling; temperatur
   return sampling === 'temperature' ? { sampling, temperature: temperature ?? DEFAULT_TASK_TEMPERATURE } : { sampling };
 }
 
+/** `--loss-average` as a config field (absent when not given, so earlier runs keep their settings). */
+function lossAverage(v: unknown): { lossAverage?: LossAverage } {
+  if (v === undefined) return {};
+  if (!(LOSS_AVERAGES as readonly unknown[]).includes(v)) throw new AdaptkitError(`--loss-average must be ${LOSS_AVERAGES.join(' or ')}, got "${String(v)}"`);
+  return { lossAverage: v as LossAverage };
+}
+
 /** The label map of --label-words, checked to cover every label of the data. */
 function labelWordsFor(f: DataFlags, labels: readonly string[]): Map<string, string> | undefined {
   if (!f.labelWords) return undefined;
@@ -423,6 +430,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--keep-checkpoints <n>', ranged('checkpoints to keep', RANGES.keepCheckpoints), '2')
     .option('--bucket', 'group examples of similar length into batches')
     .option('--pack', 'pack several examples into each row')
+    .option('--loss-average <mode>', 'how a batch\'s loss averages its tokens: token (each counted token weighs the same; the default) or row (each row\'s mean, then the mean over rows, so a task whose target is a label word weighs as much per example as one of long texts)')
     .option('--stream', 'stream a JSONL file larger than memory (read in shuffled chunks; validation from --val-data)')
     .option('--val-data <file>', 'validation data file (with --stream); multi-task: NAME=FILE for one task (repeatable; the others split --val-split)', collect, [] as string[])
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
@@ -436,6 +444,7 @@ export function registerTrainCommands(program: Command): void {
   }
   train.action(async (o: Record<string, string | boolean | undefined> & DataFlags, cmd: Command) => {
       // every check that needs neither the model nor the data comes first, so a mistake fails at once
+      lossAverage(o.lossAverage);
       const lists = o as unknown as { data: string[]; valData: string[]; labelWords: string[] };
       const mt: MultiTaskFlags = {
         data: lists.data, tasks: o.tasks as string | undefined, valData: lists.valData, labelWords: lists.labelWords,
@@ -508,7 +517,7 @@ export function registerTrainCommands(program: Command): void {
         const validationCount = tasks.reduce((n, t) => n + t.validation.length, 0);
         const config = {
           ...numbers, schedule: sched as ScheduleName, optimizer: o.optimizer as 'adamw' | 'sgd',
-          evalEvery: numbers.evalEvery || (validationCount ? steps : 0), bucket: false, pack: !!o.pack, maxLen: seqLen,
+          evalEvery: numbers.evalEvery || (validationCount ? steps : 0), bucket: false, pack: !!o.pack, maxLen: seqLen, ...lossAverage(o.lossAverage),
         };
         const identity = {
           model: String(o.model), taskOrder: specs.map((t) => t.name),
@@ -560,7 +569,7 @@ export function registerTrainCommands(program: Command): void {
       const config = {
         ...numbers, schedule: sched as ScheduleName, optimizer: o.optimizer as 'adamw' | 'sgd',
         evalEvery: numbers.evalEvery || (validation.length ? steps : 0),
-        bucket: !!o.bucket, pack: !!o.pack, maxLen: seqLen,
+        bucket: !!o.bucket, pack: !!o.pack, maxLen: seqLen, ...lossAverage(o.lossAverage),
       };
       const identity = {
         model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },

@@ -1,5 +1,5 @@
 /** Evaluation: loss and perplexity on completions, label accuracy, exact match of a final number. */
-import { AdaptkitError, type Tensor, concat, crossEntropy, indexSelect, narrow, noGrad, reshape, tensor, tidy } from '../tensor/index.js';
+import { AdaptkitError, type Tensor, concat, crossEntropy, indexSelect, mul, narrow, noGrad, reshape, sum, tensor, tidy } from '../tensor/index.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { generate } from '../models/generate.js';
 import { type Batch, IGNORE, collate } from './batch.js';
@@ -26,8 +26,29 @@ export function realLogits(model: TrainableLM, ids: Tensor, mask: Tensor | null,
   return l.shape[1] === T ? l : narrow(l, 1, l.shape[1]! - T, T);
 }
 
-export function batchLoss(model: TrainableLM, ids: Tensor, targets: Tensor, mask: Tensor | null, route?: RowConditioning): Tensor {
-  return crossEntropy(realLogits(model, ids, mask, route), targets, { ignoreIndex: IGNORE });
+/** How a batch's loss averages its counted tokens (see TrainConfig.lossAverage). */
+export type LossAverage = 'token' | 'row';
+export const LOSS_AVERAGES: readonly LossAverage[] = ['token', 'row'];
+
+/**
+ * Cross-entropy of logits [B, T, V] against targets [B, T] (IGNORE not counted): the mean over
+ * counted tokens, or with "row" the mean over rows that count any token of each row's mean.
+ */
+export function tokenLoss(logits: Tensor, targets: Tensor, average: LossAverage = 'token'): Tensor {
+  if (average === 'token') return crossEntropy(logits, targets, { ignoreIndex: IGNORE });
+  const [B, T] = targets.shape as [number, number];
+  const t = targets.toArray() as Int32Array;
+  const counts = new Int32Array(B);
+  for (let i = 0; i < B * T; i++) if (t[i] !== IGNORE) counts[Math.floor(i / T)]!++;
+  const rows = counts.reduce((n, c) => n + (c > 0 ? 1 : 0), 0);
+  const w = new Float32Array(B * T);
+  for (let i = 0; i < B * T; i++) if (t[i] !== IGNORE) w[i] = 1 / (counts[Math.floor(i / T)]! * rows);
+  const per = crossEntropy(logits, targets, { ignoreIndex: IGNORE, reduction: 'none' });
+  return sum(mul(per, tensor(w, [B, T])));
+}
+
+export function batchLoss(model: TrainableLM, ids: Tensor, targets: Tensor, mask: Tensor | null, route?: RowConditioning, average?: LossAverage): Tensor {
+  return tokenLoss(realLogits(model, ids, mask, route), targets, average);
 }
 
 /**

@@ -3,7 +3,7 @@ export { lrFactor, type ScheduleName } from './schedule.js';
 export { readRecords, readLines, jsonRecord, DataError, type DataRecord, type ReadOptions } from './data.js';
 export { toExample, fitExamples, splitExamples, exampleLength, promptLength, readLabelWords, type Example } from './examples.js';
 export { collate, epochBatches, IGNORE, type Batch } from './batch.js';
-export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss, type RowConditioning } from './evaluate.js';
+export { evaluateLoss, labelAccuracy, exactMatch, finalNumber, batchLoss, tokenLoss, LOSS_AVERAGES, type LossAverage, type RowConditioning } from './evaluate.js';
 export { Trainer, TrainingInterrupted, DEFAULT_TRAIN, type TrainConfig, type TrainResult, type TrainRunOptions, type StepMetrics, type EvalMetrics, type ExampleSource } from './trainer.js';
 export {
   TaskSampler, taskProbabilities, taskMetrics, prefixRecord, taskPrefixText, withTask, readTaskManifest, readTasksFile, TASKS_FILE, TASK_SAMPLINGS,

@@ -339,6 +339,9 @@ export function runTraining(o: RunOptions): RunResult {
     o.model.unfreeze();
     params = o.model.parameters().map((p) => parameter(p));
   }
+  if (cfg.lossAverage === 'row' && (classifier || inst?.objective)) {
+    throw new AdaptkitError(`loss averaging "row" is for language-model losses; ${classifier ? 'a classification head' : `the ${inst!.method.peftType} method's own objective`} averages its loss itself`);
+  }
   const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
   const labelTokens = o.labels?.length && !classifier && Array.isArray(trainData) ? labelSequences(trainData, o.labels) : null;
   const evaluate = multi && validation.length

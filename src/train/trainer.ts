@@ -15,7 +15,7 @@ import { writeAll, writeError, writeFileAtomic } from '../io/atomic.js';
 import { collate, epochBatches } from './batch.js';
 import { listCheckpoints, loadCheckpoint, removeStaleTemps, saveCheckpoint } from './checkpoint.js';
 import { type Example } from './examples.js';
-import { type TrainableLM, batchLoss } from './evaluate.js';
+import { type LossAverage, type TrainableLM, batchLoss } from './evaluate.js';
 import { AdamW, type Optimizer, SGD, clipGradNorm, maskGrads } from './optim.js';
 import { type ScheduleName, lrFactor } from './schedule.js';
 
@@ -39,6 +39,12 @@ export interface TrainConfig {
   bucket: boolean;
   pack: boolean;
   maxLen: number;
+  /**
+   * How a batch's loss averages its tokens: "token" (absent: every counted token weighs the same)
+   * or "row" (each row's mean, then the mean over rows, so a task whose targets are a label word
+   * weighs as much per example as one whose targets are long texts).
+   */
+  lossAverage?: LossAverage;
 }
 
 export const DEFAULT_TRAIN: TrainConfig = {
@@ -345,7 +351,7 @@ export class Trainer {
           } else {
             const b = collate(ex, this.padId, { pack: c.pack, maxLen: c.maxLen });
             tokens += b.tokens;
-            loss = batchLoss(this.model, b.ids, b.targets, b.mask, { taskIds: b.taskIds, promptLengths: b.promptLengths });
+            loss = batchLoss(this.model, b.ids, b.targets, b.mask, { taskIds: b.taskIds, promptLengths: b.promptLengths }, c.lossAverage);
           }
           const scaled = c.gradAccum > 1 ? loss.mul(1 / c.gradAccum) : loss;
           scaled.backward();
