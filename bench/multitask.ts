@@ -264,7 +264,7 @@ export async function runMultitaskBench(o: MultitaskBenchOptions): Promise<{ lin
 }
 
 /** Rows in an order where every row comes after those it needs. */
-function orderRows(rows: readonly Row[]): Row[] {
+export function orderRows(rows: readonly Row[]): Row[] {
   const out: Row[] = [];
   const seen = new Set<string>();
   const visit = (r: Row, path: string[]) => {
@@ -368,6 +368,19 @@ export const DEFAULT_ROWS: Row[] = [
   { name: 'scalearn-uniform-plus', stage: 'target', method: 'scalearn-uniform-plus', needs: [SOURCES, OWN], options: sourceDirs, lr: 6e-3, about: 'ScaLearnUniform++: one number per source.' },
 ];
 
+/** The default rows named, with the rows they build on, in the default order. */
+export function selectRows(names: readonly string[]): Row[] {
+  for (const n of names) if (!DEFAULT_ROWS.some((r) => r.name === n)) throw new AdaptkitError(`--rows: unknown row "${n}" (rows: ${DEFAULT_ROWS.map((r) => r.name).join(', ')})`);
+  const keep = new Set<string>();
+  const add = (n: string) => {
+    if (keep.has(n)) return;
+    keep.add(n);
+    for (const d of DEFAULT_ROWS.find((r) => r.name === n)!.needs ?? []) add(d);
+  };
+  names.forEach(add);
+  return DEFAULT_ROWS.filter((r) => keep.has(r.name));
+}
+
 /** `adaptkit bench multitask` with its option values as the command line gave them. */
 export async function runMultitaskCli(o: Record<string, string | boolean | undefined>): Promise<{ lines: MultitaskLine[]; markdown: string }> {
   const str = (k: string) => (typeof o[k] === 'string' ? (o[k] as string) : undefined);
@@ -379,18 +392,7 @@ export async function runMultitaskCli(o: Record<string, string | boolean | undef
     return n;
   };
   const names = str('rows')?.split(',').map((x) => x.trim()).filter(Boolean);
-  let rows = DEFAULT_ROWS;
-  if (names) {
-    for (const n of names) if (!DEFAULT_ROWS.some((r) => r.name === n)) throw new AdaptkitError(`--rows: unknown row "${n}" (rows: ${DEFAULT_ROWS.map((r) => r.name).join(', ')})`);
-    const keep = new Set<string>();
-    const add = (n: string) => {
-      if (keep.has(n)) return;
-      keep.add(n);
-      for (const d of DEFAULT_ROWS.find((r) => r.name === n)!.needs ?? []) add(d);
-    };
-    names.forEach(add);
-    rows = DEFAULT_ROWS.filter((r) => keep.has(r.name));
-  }
+  const rows = names ? selectRows(names) : DEFAULT_ROWS;
   const r = await runMultitaskBench({
     rows, seeds: count('--seeds', 'seeds'), jointSteps: count('--joint-steps', 'jointSteps'), targetSteps: count('--target-steps', 'targetSteps'),
     quick: o.quick === true, dataDir: str('dataDir'), outDir: str('out'),
