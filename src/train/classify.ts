@@ -7,6 +7,7 @@ import { AdaptkitError, type Tensor, crossEntropy, noGrad, tensor, tidy } from '
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { DataRecord } from './data.js';
 import type { Example } from './examples.js';
+import { imageBatch, isImageExample } from './images.js';
 
 export interface Classifier {
   forward(ids: Tensor, opts?: { attentionMask?: Tensor | null }): Tensor;
@@ -23,7 +24,9 @@ export function classificationExamples(records: readonly DataRecord[], tok: Toke
   });
 }
 
-function collateInputs(examples: readonly Example[], padId: number): { ids: Tensor; mask: Tensor } {
+/** Text as right-padded ids with their mask; images as one pixel batch, which has no padding. */
+function collateInputs(examples: readonly Example[], padId: number): { ids: Tensor; mask: Tensor | null } {
+  if (examples.some(isImageExample)) return { ids: imageBatch(examples), mask: null };
   const T = Math.max(...examples.map((e) => e.body.length));
   const ids = new Int32Array(examples.length * T).fill(padId);
   const mask = new Float32Array(examples.length * T);
@@ -32,6 +35,11 @@ function collateInputs(examples: readonly Example[], padId: number): { ids: Tens
     mask[b * T + i] = 1;
   }));
   return { ids: tensor(ids, [examples.length, T]), mask: tensor(mask, [examples.length, T]) };
+}
+
+/** What a batch counts as tokens: text tokens, or one per image. */
+export function classificationTokens(examples: readonly Example[]): number {
+  return examples.reduce((n, e) => n + (isImageExample(e) ? 1 : e.body.length), 0);
 }
 
 export function classificationLoss(model: Classifier, examples: readonly Example[], padId: number): Tensor {
