@@ -350,6 +350,8 @@ export const DEFAULT_ROWS: Row[] = [
   { name: 'shared-lora-r5', stage: 'joint', method: 'lora', options: { r: 5, targets: ['q_proj', 'v_proj'] }, prefix: true, lr: 5e-3, about: 'LoRA r 5 on q and v shared by all source tasks with task prefixes: about IAPT\'s parameter count.' },
   { name: 'poly', stage: 'joint', method: 'poly', options: { r: 8, 'n-tasks': 4, 'n-skills': 4 }, routed: true, lr: 1e-2, about: 'Poly: 4 LoRA skills (r 8) per layer mixed per task by a learned router; scored with each task\'s id.' },
   { name: 'mhr', stage: 'joint', method: 'mhr', options: { r: 8, 'n-tasks': 4, 'n-skills': 4, 'n-splits': 4 }, routed: true, lr: 1e-2, about: 'MHR: Poly with each skill cut into 4 heads routed separately.' },
+  { name: 'poly-lr5e-2', stage: 'joint', method: 'poly', options: { r: 8, 'n-tasks': 4, 'n-skills': 4 }, routed: true, lr: 5e-2, about: 'Poly at 5× the rate: PEFT\'s scale 1/r makes its weight change per step 16× smaller than LoRA\'s (alpha 16, r 8) at the same rate.' },
+  { name: 'mhr-lr5e-2', stage: 'joint', method: 'mhr', options: { r: 8, 'n-tasks': 4, 'n-skills': 4, 'n-splits': 4 }, routed: true, lr: 5e-2, about: 'MHR at 5× the rate (as poly-lr5e-2).' },
   { name: 'shared-prompt', stage: 'joint', method: 'prompt', options: { 'virtual-tokens': 4 }, prefix: true, lr: 1e-1, about: 'prompt tuning (4 virtual tokens) shared by all source tasks with task prefixes.' },
   { name: 'iapt', stage: 'joint', method: 'iapt', options: { 'virtual-tokens': 4, 'generator-width': 8 }, prefix: true, lr: 1e-2, about: 'IAPT: 4 soft tokens per layer generated from the instruction (the prompt part of each row) by a per-layer generator of width 8, shared by all source tasks with task prefixes.' },
   { name: 'lora-target', stage: 'target', method: 'lora', options: { r: 8 }, lr: 5e-3, about: 'LoRA (r 8) trained from scratch on the 64 target questions.' },
@@ -358,6 +360,10 @@ export const DEFAULT_ROWS: Row[] = [
   { name: 'mhr-transfer', stage: 'target', method: 'mhr', needs: ['mhr'], options: (b) => ({ from: b.one.get('mhr')!, transfer: 'all' }), lr: 1e-2, about: 'the multi-task MHR inventory with a new routing row, everything fine-tuned.' },
   { name: 'mhr-z', stage: 'target', method: 'mhr', needs: ['mhr'], options: (b) => ({ from: b.one.get('mhr')!, transfer: 'router' }), lr: 1e-1, about: 'MHR-z: only the new task\'s routing logits train; the skills stay frozen.' },
   { name: 'mhr-mu', stage: 'target', method: 'mhr', needs: ['mhr'], options: (b) => ({ from: b.one.get('mhr')!, transfer: 'average' }), lr: 2e-2, about: 'MHR-μ: the skills averaged into one ordinary LoRA, then fine-tuned as a LoRA.' },
+  { name: 'poly-transfer-lr5e-2', stage: 'target', method: 'poly', needs: ['poly-lr5e-2'], options: (b) => ({ from: b.one.get('poly-lr5e-2')!, transfer: 'all' }), lr: 5e-2, about: 'poly-transfer from poly-lr5e-2, at its rate.' },
+  { name: 'mhr-transfer-lr5e-2', stage: 'target', method: 'mhr', needs: ['mhr-lr5e-2'], options: (b) => ({ from: b.one.get('mhr-lr5e-2')!, transfer: 'all' }), lr: 5e-2, about: 'mhr-transfer from mhr-lr5e-2, at its rate.' },
+  { name: 'mhr-z-lr5e-2', stage: 'target', method: 'mhr', needs: ['mhr-lr5e-2'], options: (b) => ({ from: b.one.get('mhr-lr5e-2')!, transfer: 'router' }), lr: 1e-1, about: 'MHR-z from mhr-lr5e-2.' },
+  { name: 'mhr-mu-lr5e-2', stage: 'target', method: 'mhr', needs: ['mhr-lr5e-2'], options: (b) => ({ from: b.one.get('mhr-lr5e-2')!, transfer: 'average' }), lr: 8e-2, about: 'MHR-μ from mhr-lr5e-2, fine-tuned at 16× LoRA\'s rate (its LoRA keeps the 1/r scale: 16× below lora-target\'s alpha/r).' },
   { name: 'mixda-domain', stage: 'target', method: 'mixda', data: 'domain', options: { 'gate-hidden': 16 }, lr: 5e-3, about: 'MixDA stage 1: a knowledge adapter beside the feed-forward output projection of the last two layers with its gate (hidden width 16), trained on GSM8K questions (0.5 × next-token loss) while an MSE term keeps the layers\' outputs on AG News text unchanged.' },
   { name: 'mixda', stage: 'target', method: 'mixda-task', needs: ['mixda-domain'], options: (b) => ({ 'domain-adapters': [b.one.get('mixda-domain')!], 'gate-hidden': 16 }), lr: 5e-3, about: 'MixDA stage 2: the frozen GSM8K knowledge adapter, a new gate and a task adapter (reduction 16) trained on the target.' },
   { name: 'mixda-task-alone', stage: 'target', method: 'mixda-task', options: { 'gate-hidden': 16 }, lr: 5e-3, about: 'the MixDA task adapter without a domain adapter: what stage 2 adds the domain knowledge to.' },
@@ -366,6 +372,10 @@ export const DEFAULT_ROWS: Row[] = [
   { name: 'scalearn-uniform', stage: 'target', method: 'scalearn-uniform', needs: [SOURCES, OWN], options: sourceDirs, lr: 6e-3, about: 'ScaLearnUniform: one scale per source and layer.' },
   { name: 'scalearn-plus', stage: 'target', method: 'scalearn-plus', needs: [SOURCES, OWN], options: sourceDirs, lr: 6e-3, about: 'ScaLearn++: one scale vector per source shared by all layers.' },
   { name: 'scalearn-uniform-plus', stage: 'target', method: 'scalearn-uniform-plus', needs: [SOURCES, OWN], options: sourceDirs, lr: 6e-3, about: 'ScaLearnUniform++: one number per source.' },
+  { name: 'scalearn-lr3e-2', stage: 'target', method: 'scalearn', needs: [SOURCES, OWN], options: sourceDirs, lr: 3e-2, about: 'ScaLearn at 5× its paper\'s rate (40 steps here against 30 epochs there: at 6e-3 a scale can move about 0.24 from its start at 0.4).' },
+  { name: 'scalearn-uniform-lr3e-2', stage: 'target', method: 'scalearn-uniform', needs: [SOURCES, OWN], options: sourceDirs, lr: 3e-2, about: 'ScaLearnUniform at 3e-2.' },
+  { name: 'scalearn-plus-lr3e-2', stage: 'target', method: 'scalearn-plus', needs: [SOURCES, OWN], options: sourceDirs, lr: 3e-2, about: 'ScaLearn++ at 3e-2.' },
+  { name: 'scalearn-uniform-plus-lr3e-2', stage: 'target', method: 'scalearn-uniform-plus', needs: [SOURCES, OWN], options: sourceDirs, lr: 3e-2, about: 'ScaLearnUniform++ at 3e-2.' },
 ];
 
 /** The default rows named, with the rows they build on, in the default order. */

@@ -11,6 +11,7 @@ import { AdapterModel } from '../src/adapters/index.js';
 import { nativeBackend, tensor, tidy, crossEntropy, Rng, getBackend } from '../src/index.js';
 import { AdamW } from '../src/train/optim.js';
 import { GPT2_SMALL, gpt2Random } from './models.js';
+import { gpt2RandomQuantized } from './quantized.js';
 import { emit } from './timing.js';
 
 export interface TrainBenchShape {
@@ -24,6 +25,8 @@ export interface TrainBenchShape {
   r: number;
   steps: number;
   warmup: number;
+  /** Quantize the base's linear layers (built one at a time, so the f32 model never exists). */
+  quantize?: string;
 }
 
 export const TRAIN_SHAPE: TrainBenchShape = { ...GPT2_SMALL, batch: 8, seq: 256, r: 8, steps: 5, warmup: 2 };
@@ -31,7 +34,7 @@ export const TRAIN_SHAPE: TrainBenchShape = { ...GPT2_SMALL, batch: 8, seq: 256,
 /** The measurement itself (run in a child process). */
 export function trainWorker(s: TrainBenchShape): Record<string, unknown> {
   getBackend();
-  const model = gpt2Random(s);
+  const model = s.quantize ? gpt2RandomQuantized(s, s.quantize) : gpt2Random(s);
   const am = new AdapterModel(model);
   am.add('bench', { peft_type: 'LORA', r: s.r, lora_alpha: 2 * s.r, fan_in_fan_out: true, target_modules: ['c_attn', 'c_proj', 'c_fc'] });
   const params = am.trainableParameters();
@@ -54,7 +57,7 @@ export function trainWorker(s: TrainBenchShape): Record<string, unknown> {
   times.sort((a, b) => a - b);
   const med = times[Math.floor(times.length / 2)]!;
   return {
-    bench: 'train', impl: 'adaptkit', threads: nativeBackend()?.threads() ?? 1, tokens_per_s: Math.round(n / med),
+    bench: 'train', impl: 'adaptkit', base: s.quantize ?? 'f32', threads: nativeBackend()?.threads() ?? 1, tokens_per_s: Math.round(n / med),
     step_s: Number(med.toFixed(3)), peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024), trainable_parameters: am.numTrainable(),
   };
 }
@@ -66,7 +69,8 @@ export function runTrainBench(opts: { pytorch?: boolean; shape?: Partial<TrainBe
   if (child.status !== 0) throw new Error(`train bench worker failed: ${child.stderr.trim().split('\n').pop()}`);
   const ours = JSON.parse(child.stdout.trim().split('\n').pop()!) as { tokens_per_s: number; peak_rss_mb: number; threads: number };
   emit({ ...ours, shape: `gpt2-small b${s.batch} t${s.seq} r${s.r}` });
-  if (opts.pytorch === false) return;
+  // the PyTorch baseline has an f32 base
+  if (opts.pytorch === false || s.quantize) return;
   const script = self.replace(/\/dist\/bench\/train\.js$/, '/bench/baselines/train_torch.py').replace(/\/bench\/train\.ts$/, '/bench/baselines/train_torch.py');
   if (!existsSync(script) || !existsSync('/usr/bin/python3')) {
     emit({ bench: 'train', impl: 'pytorch', error: 'python3-torch not available' });

@@ -4,7 +4,7 @@
  * mixed-adapter batches in mixed.ts; this class offers both as methods.
  */
 import { AdaptkitError, Rng, type Tensor, clone, noGrad, parameter } from '../tensor/index.js';
-import { type AdapterDescriptor, Linear, Module, describeModel } from '../nn/index.js';
+import { type AdapterDescriptor, Linear, type LinearLayer, Module, QuantLinear, describeModel } from '../nn/index.js';
 import { getMethod, isMergeable } from './registry.js';
 import { baseModules, defaultTargetsFor, findTargets, matches } from './targets.js';
 import { type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type LayerDelta, type RawAdapterConfig, PaddingMask, PromptSpans, TaskRouting } from './types.js';
@@ -263,9 +263,11 @@ export class AdapterModel<M extends Module = Module> {
   /**
    * Fold the active adapters into new base weights and return the plain model (the adapter
    * model stays usable: call `unmerge()` to put the adapter modules back). Only methods with the
-   * merge capability fold; any other active adapter is an error naming it.
+   * merge capability fold; any other active adapter is an error naming it. A quantized base layer
+   * is merged as PEFT merges into bitsandbytes layers: dequantized, added to, requantized in its
+   * own format; `onRequantize` hears the largest change that requantizing made to its weights.
    */
-  merge(): M {
+  merge(opts: { onRequantize?(path: string, maxAbsChange: number): void } = {}): M {
     for (const n of this.activeNames) {
       const inst = this.adapters.get(n)!;
       if (!isMergeable(inst)) {
@@ -274,15 +276,25 @@ export class AdapterModel<M extends Module = Module> {
     }
     const wrapped = baseModules(this.model).filter(([, m]) => m instanceof AdaptedLayer) as [string, AdaptedLayer][];
     for (const [path, w] of wrapped) {
-      const base = w.base_layer as Linear;
-      let weight = base.weight;
+      const base = w.base_layer as LinearLayer;
+      const quantized = base instanceof QuantLinear;
+      let weight = quantized ? base.dequantizedWeight() : base.weight;
       let bias = base.bias;
       for (const d of w.deltas) {
         if (!d.mergeWeight) throw new AdaptkitError(`adapter "${d.adapterName}" cannot be merged into "${path}" (not a linear reparameterization)`);
-        weight = d.mergeWeight(weight);
+        const next = d.mergeWeight(weight);
+        if (quantized && weight !== next) weight.dispose();
+        weight = next;
         bias = d.mergeBias ? d.mergeBias(bias) : bias;
       }
-      this.model.replace(path, new Linear(weight.keep(), bias ? bias.keep() : null, base.fanInFanOut));
+      if (quantized) {
+        const { layer, maxAbsError } = base.requantize(weight, bias ? bias.keep() : null);
+        weight.dispose();
+        opts.onRequantize?.(path, maxAbsError);
+        this.model.replace(path, layer);
+      } else {
+        this.model.replace(path, new Linear(weight.keep(), bias ? bias.keep() : null, base.fanInFanOut));
+      }
     }
     return this.model;
   }

@@ -5,7 +5,7 @@
  * slot. Rows of other methods run as sub-batches, one per adapter, and are put back in order.
  */
 import { AdaptkitError, type Tensor, concat, indexSelect, tensor, zeros } from '../tensor/index.js';
-import { Linear, type Module } from '../nn/index.js';
+import { type Linear, type Module, isLinearLayer } from '../nn/index.js';
 import { AdaptedLayer } from './wrapper.js';
 import { RowRouting, type AdapterInstance, type LayerDelta, type RowBatchedForm, type SlotTensor } from './types.js';
 import type { AdapterModel } from './adapter-model.js';
@@ -41,8 +41,10 @@ export class RowStacks {
     let st = this.layers.get(path);
     if (st) return st;
     const m = this.model.get(path);
-    const layer = m instanceof AdaptedLayer ? (m.base_layer as Linear) : m;
-    if (!(layer instanceof Linear)) throw new AdaptkitError(`"${path}" is not a linear layer, so adapters cannot be stacked on it`);
+    const base = m instanceof AdaptedLayer ? m.base_layer : m;
+    if (!isLinearLayer(base)) throw new AdaptkitError(`"${path}" is not a linear layer, so adapters cannot be stacked on it`);
+    // the forms read only the layer's sizes and bias, which a quantized layer has as well
+    const layer = base as Linear;
     const layout = this.form.layout(layer, this.sizes, this.key);
     const stacks: Record<string, Tensor> = {};
     for (const [k, s] of Object.entries(layout)) {

@@ -1,6 +1,6 @@
 /** Which modules a config targets, with PEFT's matching rules, and the model's adapter roles. */
 import { AdaptkitError } from '../tensor/index.js';
-import { type AdapterDescriptor, Linear, type Module, type TargetRole, type TargetSpec, describeModel } from '../nn/index.js';
+import { type AdapterDescriptor, type Module, type TargetRole, type TargetSpec, describeModel, isLinearLayer } from '../nn/index.js';
 import type { AdapterMethod, BaseAdapterConfig, TargetInfo } from './types.js';
 import { AdaptedLayer } from './wrapper.js';
 import { escapePattern, fullMatch, search } from './patterns.js';
@@ -65,7 +65,7 @@ export function findTargets(model: Module, config: BaseAdapterConfig, defaults: 
     let name: string | null;
     if (spec === 'all-linear') {
       // as PEFT: every linear layer but the output head
-      name = base instanceof Linear && !heads.has(path) && !heads.has(path.split('.').pop()!) ? path.split('.').pop()! : null;
+      name = isLinearLayer(base) && !heads.has(path) && !heads.has(path.split('.').pop()!) ? path.split('.').pop()! : null;
     } else {
       name = matches(spec, path);
     }
@@ -76,7 +76,7 @@ export function findTargets(model: Module, config: BaseAdapterConfig, defaults: 
     out.push({ path, module: base, name, layerIndex });
   }
   if (out.length === 0) {
-    const linear = all.filter(([, m]) => unwrap(m) instanceof Linear).map(([p]) => p);
+    const linear = all.filter(([, m]) => isLinearLayer(unwrap(m))).map(([p]) => p);
     const names = [...new Set(linear.map((p) => p.split('.').pop()!))].sort();
     throw new AdaptkitError(
       `target_modules ${JSON.stringify(spec)} matched no module of the model. Linear modules are named: ${names.join(', ')}`,

@@ -1,15 +1,22 @@
-/** CLI commands over adapters: inspect, merge. */
+/** CLI commands over adapters: inspect, merge, export (models and LoRA adapters as GGUF). */
 import type { Command } from 'commander';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { AdaptkitError } from '../tensor/index.js';
+import { AdaptkitError, type Tensor } from '../tensor/index.js';
 import { describeModel } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { AdapterModel, addWeightedAdapter, composeSparse, defaultTargetsFor, exportAdapter, findTargets, getMethod, registeredMethods } from '../adapters/index.js';
-import { adapterWeightsFile, readAdapterConfig } from '../adapters/files.js';
+import {
+  AdapterModel, type LoraConfig, addWeightedAdapter, composeSparse, defaultTargetsFor, exportAdapter, findTargets, getMethod, rankAndScale, registeredMethods,
+} from '../adapters/index.js';
+import { adapterWeightsFile, readAdapterConfig, readTensorMap, splitPeftKey } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
+import { LlamaForCausalLM } from '../models/llama/model.js';
+import {
+  GGUF_ADAPTER_PEFT_TYPE, GGUF_EXPORT_TYPES, type GgufExportType, type LoraFactors, exportGgufLora, exportGgufModel, ggufNameFor, ggufVocabKeys,
+} from '../models/gguf.js';
 import { resolveModel } from './models.js';
+import { QUANTIZE_HELP, mergeAndReport, quantizeLoadOptions, reportQuantization } from './quantize.js';
 
 function readAdapter(dir: string): { config: Record<string, unknown>; tensors: Map<string, number[]> } {
   const config = readAdapterConfig(dir);
@@ -20,7 +27,83 @@ function readAdapter(dir: string): { config: Record<string, unknown>; tensors: M
   return { config, tensors };
 }
 
+/**
+ * A PEFT adapter as LoRA factors over `model`: a LoRA adapter as saved, or another method's adapter
+ * through its `exports` capability (ZeroI2V, a one-task Poly). What a GGUF LoRA cannot hold
+ * (DoRA magnitudes, trained biases, modules_to_save copies) is refused, naming the field.
+ */
+function loraFactorsOf(model: LlamaForCausalLM, dir: string): { alpha: number; factors: LoraFactors[] } {
+  const cfgPath = join(dir, 'adapter_config.json');
+  const raw = readAdapterConfig(dir);
+  const method = getMethod(raw.peft_type, cfgPath);
+  const lora = getMethod(GGUF_ADAPTER_PEFT_TYPE);
+  let config: Record<string, unknown>;
+  let tensors: Map<string, Tensor>;
+  if (method === lora) {
+    config = raw;
+    tensors = readTensorMap(adapterWeightsFile(dir));
+  } else {
+    const convert = method.exports?.[GGUF_ADAPTER_PEFT_TYPE];
+    if (!convert) {
+      const can = registeredMethods().filter((m) => m === lora || m.exports?.[GGUF_ADAPTER_PEFT_TYPE]).map((m) => m.peftType);
+      throw new AdaptkitError(`${cfgPath}: ${method.peftType} adapters cannot be written as GGUF LoRA adapters (llama.cpp's adapters are LoRA; these methods can: ${can.join(', ')})`);
+    }
+    const am = new AdapterModel(model);
+    am.load(dir, 'adapter');
+    ({ config, tensors } = convert(am, 'adapter'));
+  }
+  const c = lora.parseConfig(config, cfgPath) as LoraConfig;
+  if (c.use_dora) throw new AdaptkitError(`${cfgPath}: use_dora is true: a GGUF LoRA adapter holds no DoRA magnitudes (merge the adapter into the model instead)`);
+  if (c.bias !== 'none') throw new AdaptkitError(`${cfgPath}: bias is "${c.bias}": a GGUF LoRA adapter holds no trained biases`);
+  if (c.modules_to_save?.length) throw new AdaptkitError(`${cfgPath}: modules_to_save (${c.modules_to_save.join(', ')}): a GGUF LoRA adapter holds no full module copies`);
+  const factors: LoraFactors[] = [];
+  try {
+    for (const [key, a] of tensors) {
+      if (splitPeftKey(key, 'lora_B.weight') !== null) continue;
+      const mod = splitPeftKey(key, 'lora_A.weight');
+      if (mod === null) throw new AdaptkitError(`${cfgPath}: tensor ${key} cannot be written to a GGUF LoRA adapter (it holds lora_A and lora_B of linear layers only)`);
+      const b = tensors.get(key.replace(/lora_A\.weight$/, 'lora_B.weight'));
+      if (!b) throw new AdaptkitError(`${cfgPath}: ${key} has no lora_B.weight`);
+      if (a.ndim !== 2 || b.ndim !== 2 || b.shape[1] !== a.shape[0]) throw new AdaptkitError(`${cfgPath}: ${mod}: lora_A [${a.shape.join(', ')}] and lora_B [${b.shape.join(', ')}] are not [r, in] and [out, r]`);
+      factors.push({ module: mod, a: Float32Array.from(a.toArray()), b: Float32Array.from(b.toArray()), r: a.shape[0]!, scale: rankAndScale(c, mod).scale });
+    }
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+  return { alpha: c.lora_alpha, factors };
+}
+
 export function registerAdapterCommands(program: Command): void {
+  program
+    .command('export')
+    .description('write a model as a llama-architecture GGUF file, or a LoRA adapter as a GGUF LoRA adapter, for llama.cpp')
+    .requiredOption('--format <name>', 'output format: gguf')
+    .requiredOption('--model <path>', 'the model (HF folder, Hub id, llama2.c .bin or GGUF); with --adapter, the base model the adapter was trained on')
+    .option('--adapter <dir>', 'write this PEFT adapter (LoRA, or a method that can be written as LoRA) instead of the model')
+    .option('--tokenizer <path>', 'tokenizer to write into the model file (llama2.c tokenizer.bin, HF folder or GGUF); default: the model\'s')
+    .option('--type <type>', 'tensor type of the weight matrices: f32, f16 or q8_0 (an adapter: f32 or f16); norms stay f32', 'f32')
+    .requiredOption('--out <file>', 'output file')
+    .option('--overwrite', 'replace an existing output file')
+    .action(async (o: { format: string; model: string; adapter?: string; tokenizer?: string; type: string; out: string; overwrite?: boolean }) => {
+      if (o.format !== 'gguf') throw new AdaptkitError(`--format must be gguf, got "${o.format}"`);
+      const types: readonly string[] = o.adapter ? ['f32', 'f16'] : GGUF_EXPORT_TYPES;
+      if (!types.includes(o.type)) throw new AdaptkitError(`--type must be one of ${types.join(', ')}${o.adapter ? ' for an adapter' : ''}, got "${o.type}"`);
+      if (o.adapter && o.tokenizer) throw new AdaptkitError('--tokenizer goes with a model export; an adapter file holds no vocabulary');
+      if (existsSync(o.out) && !o.overwrite) throw new AdaptkitError(`${o.out} exists (pass --overwrite to replace it)`);
+      const modelPath = await resolveModel(o.model);
+      const { model } = loadModel(modelPath);
+      if (!(model instanceof LlamaForCausalLM)) throw new AdaptkitError(`${modelPath}: a ${describeModel(model).family} model; GGUF export writes Llama-family models (llama architecture)`);
+      if (o.adapter) {
+        const { alpha, factors } = loraFactorsOf(model, o.adapter);
+        exportGgufLora(model, factors, alpha, o.out, { type: o.type as 'f32' | 'f16', name: basename(o.adapter) });
+        console.log(`wrote ${o.adapter} as a GGUF LoRA adapter (${factors.length} layers, ${o.type}, alpha ${alpha}) to ${o.out}`);
+        return;
+      }
+      const vocab = ggufVocabKeys(modelPath, o.tokenizer, model.config.vocabSize);
+      const r = exportGgufModel(model, o.out, { type: o.type as GgufExportType, vocab, name: ggufNameFor(modelPath) });
+      console.log(`wrote ${modelPath} as a llama GGUF model (${r.tensors} tensors, ${o.type}${r.fallbacks.length ? `, ${r.fallbacks.length} as f16` : ''}) to ${o.out}`);
+    });
+
   program
     .command('inspect')
     .description('describe a PEFT adapter folder: method, settings, tensors and trainable-parameter count')
@@ -69,8 +152,11 @@ export function registerAdapterCommands(program: Command): void {
     .option('--seed <s>', 'seed for dare', '0')
     .requiredOption('--out <dir>', 'output folder')
     .option('--overwrite', 'replace files in a non-empty output folder')
-    .action(async (o: { model: string; adapter?: string; as?: string; adapters?: string; sparse?: string; subtract?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean }) => {
+    .option('--quantize <format>', `${QUANTIZE_HELP}; with --adapter the adapter merges into the quantized base (dequantize, add, requantize) and the error that makes is reported`)
+    .action(async (o: { model: string; adapter?: string; as?: string; adapters?: string; sparse?: string; subtract?: string; method: string; density: string; svdRank?: string; seed: string; out: string; overwrite?: boolean; quantize?: string }) => {
       if ([o.adapter, o.adapters, o.sparse].filter(Boolean).length !== 1) throw new AdaptkitError('merge needs exactly one of --adapter, --adapters and --sparse');
+      const load = quantizeLoadOptions(o.quantize);
+      if (load.quantize && (!o.adapter || o.as)) throw new AdaptkitError('--quantize goes with merging an adapter into the base (--adapter without --as)');
       if (o.subtract && !o.sparse) throw new AdaptkitError('--subtract goes with --sparse');
       if (o.sparse) {
         const list = (v: string | undefined) => (v ?? '').split(',').map((x) => x.trim()).filter(Boolean);
@@ -82,7 +168,8 @@ export function registerAdapterCommands(program: Command): void {
         return;
       }
       const modelPath = await resolveModel(o.model);
-      const loaded = loadModel(modelPath);
+      const loaded = loadModel(modelPath, load);
+      reportQuantization(loaded);
       const am = new AdapterModel(loaded.model);
       if (o.adapter && o.as) {
         const name = basename(o.adapter).replace(/[^\w.-]/g, '_') || 'adapter';
@@ -94,7 +181,7 @@ export function registerAdapterCommands(program: Command): void {
       }
       if (o.adapter) {
         am.load(o.adapter, basename(o.adapter).replace(/[^\w.-]/g, '_') || 'adapter');
-        const merged = am.merge();
+        const merged = mergeAndReport(am, loaded.model.config.vocabSize);
         saveModelFolder(merged, loaded.config, o.out, { copyFrom: statSync(modelPath).isDirectory() ? modelPath : undefined, overwrite: o.overwrite });
         console.log(`merged ${o.adapter} into ${o.out}`);
         return;

@@ -110,9 +110,28 @@ export async function main(argv: string[]): Promise<number> {
     .option('--json', 'one JSON object per line (the default output)')
     .option('--no-pytorch', 'skip the PyTorch baseline')
     .option('--steps <n>', 'measured steps', '5')
-    .action(async (o: { pytorch: boolean; steps: string }) => {
+    .option('--quantize <format>', 'quantize the base\'s linear layers (nf4: QLoRA); the PyTorch baseline is then left out')
+    .action(async (o: { pytorch: boolean; steps: string; quantize?: string }) => {
       const { runTrainBench } = await import('../../bench/train.js');
-      runTrainBench({ pytorch: o.pytorch, shape: { steps: Number(o.steps) } });
+      runTrainBench({ pytorch: o.pytorch, shape: { steps: Number(o.steps), ...(o.quantize ? { quantize: o.quantize } : {}) } });
+    });
+
+  bench
+    .command('quantized')
+    .description('quantized bases: stories260K in int8/NF4/FP4/bf16/f16 against f32 (NLL on GSM8K questions, logit error, bytes), QLoRA against LoRA on SMS spam over seeds, peak RSS of LoRA training on a GPT-2-small shape with an NF4 base')
+    .option('--cases <list>', 'comma-separated: quality, qlora-sms, train-rss (default: all)')
+    .option('--texts <n>', 'GSM8K test questions scored (default 200)')
+    .option('--seeds <n>', 'seeds of the SMS runs (default 3)')
+    .option('--steps <n>', 'training steps of the SMS runs (default 150, the demo\'s)')
+    .option('--batch <n>', 'train-rss batch size (default 4)')
+    .option('--seq <n>', 'train-rss sequence length (default 128)')
+    .option('--rss-steps <n>', 'train-rss measured steps (default 2)')
+    .option('--quick', 'smoke test: 20 texts, 1 seed of 5 steps, a 16-token batch')
+    .option('--data-dir <dir>', 'offline data folder (default: $ADAPTKIT_DATA, else ../shared/data)')
+    .option('--json', 'one JSON object per line (the default output)')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { runQuantizedCli } = await import('../../bench/quantized.js');
+      await runQuantizedCli(o);
     });
 
   bench
@@ -163,7 +182,7 @@ export async function main(argv: string[]): Promise<number> {
 
   bench
     .command('multitask')
-    .description('multi-task and transfer methods on stories260K: single-task and shared adapters, Poly/MHR, prompt tuning and IAPT on SMS spam + AG News + BANKING77 + GSM8K, then few-shot SVAMP by MHR-z/MHR-μ, AdapterFusion, ScaLearn and MixDA')
+    .description('multi-task training and transfer on stories260K: per-task, shared and task-routed adapters trained on SMS spam + AG News + BANKING77 + GSM8K at once, then few-shot SVAMP from them (the rows: docs/methods.md)')
     .option('--rows <list>', 'comma-separated row names (default: all; the rows they build on are added)')
     .option('--seeds <n>', 'seeds (default 3; --quick: 1)')
     .option('--joint-steps <n>', 'training steps of the multi-task rows and the MixDA domain stage (default 200)')

@@ -5,12 +5,14 @@ import { AdaptkitError, noGrad, tensor, tidy, logSoftmax } from '../tensor/index
 import { loadModel, loadTokenizer } from '../models/load.js';
 import { generate } from '../models/generate.js';
 import { convertLlama2c } from '../models/convert.js';
+import { initModelFolder } from '../models/init.js';
 import { isHubId, snapshotDownload } from '../io/hub.js';
 import { AdapterModel } from '../adapters/index.js';
 import { regularFileSize } from '../adapters/files.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { SAMPLING_RANGES } from '../models/sampling-rules.js';
 import { intOption, numberOption, optionalNumber } from './options.js';
+import { QUANTIZE_HELP, quantizeLoadOptions, reportQuantization } from './quantize.js';
 
 /** A local path for a model argument: Hub ids are downloaded (or found in the cache) first. */
 export async function resolveModel(arg: string): Promise<string> {
@@ -75,10 +77,14 @@ export function registerModelCommands(program: Command): void {
     .option('--adapter <dir>', 'apply a PEFT adapter folder')
     .option('--context <file>', 'with a generator of adapters as --adapter: generate the adapter from this text file (the base model reads it) and generate with that adapter')
     .option('--save-lora <dir>', 'with --context: also save the generated adapter there, as a PEFT adapter folder')
+    .option('--quantize <format>', QUANTIZE_HELP)
     .action(async (o: Record<string, string | string[] | undefined>) => {
       if (o.saveLora && !o.context) throw new AdaptkitError('--save-lora saves the adapter generated from --context; give --context FILE');
+      const load = quantizeLoadOptions(o.quantize);
       const path = await resolveModel(String(o.model));
-      const { model } = loadModel(path);
+      const loaded = loadModel(path, load);
+      reportQuantization(loaded);
+      const { model } = loaded;
       const am = new AdapterModel(model);
       if (o.adapter) am.load(String(o.adapter));
       const tok = loadTokenizer(path, o.tokenizer as string | undefined, model.config.vocabSize);
@@ -111,6 +117,18 @@ export function registerModelCommands(program: Command): void {
     });
 
   program
+    .command('init')
+    .description('write a randomly initialized model of any supported family (model_type vit, llama, gpt2, bert, ...) from a config.json, as a Hugging Face folder')
+    .requiredOption('--config <file>', 'a config.json in the Hugging Face layout (model_type and sizes; initializer_range sets the init std, default 0.02)')
+    .requiredOption('--out <dir>', 'output folder (config.json + model.safetensors), written atomically')
+    .option('--seed <n>', 'seed of the initialization', '0')
+    .option('--overwrite', 'replace a non-empty output folder')
+    .action((o: { config: string; out: string; seed: string; overwrite?: boolean }) => {
+      const model = initModelFolder(o.config, o.out, { seed: numberOption('seed', o.seed, SAMPLING_RANGES.seed), overwrite: o.overwrite });
+      console.log(`wrote ${o.out} (${model.adapterDescriptor().family}, ${model.numParameters()} parameters)`);
+    });
+
+  program
     .command('score')
     .description('logits and NLL of a text or token ids, as one JSON object')
     .requiredOption('--model <path>', 'HF model folder or llama2.c checkpoint (.bin)')
@@ -119,9 +137,13 @@ export function registerModelCommands(program: Command): void {
     .option('--token-ids <ids>', 'comma-separated token ids')
     .option('--json', 'print JSON (the default)')
     .option('--adapter <dir>', 'apply a PEFT adapter folder')
-    .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string; adapter?: string }) => {
+    .option('--quantize <format>', QUANTIZE_HELP)
+    .action(async (o: { model: string; tokenizer?: string; text?: string; tokenIds?: string; adapter?: string; quantize?: string }) => {
+      const load = quantizeLoadOptions(o.quantize);
       const path = await resolveModel(o.model);
-      const { model } = loadModel(path);
+      const loaded = loadModel(path, load);
+      reportQuantization(loaded);
+      const { model } = loaded;
       const am = new AdapterModel(model);
       if (o.adapter) am.load(o.adapter);
       let ids: number[];

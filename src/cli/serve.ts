@@ -6,6 +6,7 @@ import { PROMPT_BYTES_PER_TOKEN, startServer } from '../serve/http.js';
 import { resolveModel } from './models.js';
 import { loadedPlugins } from '../io/plugins.js';
 import { intOption } from './options.js';
+import { QUANTIZE_HELP, quantizeLoadOptions } from './quantize.js';
 
 function int(name: string, v: string, min: number): number {
   return intOption(name, v, min);
@@ -36,12 +37,14 @@ export function registerServeCommand(program: Command): void {
     .option('--allow-runtime-lora', 'serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (off by default: they answer 404)')
     .option('--lora-root <dir>', 'with --allow-runtime-lora: the folder runtime-loaded adapters must lie under (default: --adapters)')
     .option('--max-adapter-mb <n>', 'with --allow-runtime-lora: largest adapter_model.safetensors accepted, in MiB (default: what rank --max-rank on every linear layer of the model needs)')
+    .option('--quantize <format>', `${QUANTIZE_HELP}; adapters are served over the quantized base`)
     .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { quantize } = quantizeLoadOptions(o.quantize);
       const model = await resolveModel(String(o.model));
       const str = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
       if (o.loraRoot !== undefined && !o.allowRuntimeLora) throw new AdaptkitError('--lora-root only applies with --allow-runtime-lora');
       const server = await startServer({
-        model, plugins: loadedPlugins(), tokenizer: str(o.tokenizer), servedModelName: str(o.servedModelName) ?? basename(String(o.model)).replace(/\.bin$/, ''),
+        model, plugins: loadedPlugins(), quantize, tokenizer: str(o.tokenizer), servedModelName: str(o.servedModelName) ?? basename(String(o.model)).replace(/\.bin$/, ''),
         apiKey: str(o.apiKey) ?? process.env.ADAPTKIT_API_KEY,
         maxTokensLimit: int('max-tokens-limit', String(o.maxTokensLimit), 1), maxPromptTokens: int('max-prompt-tokens', String(o.maxPromptTokens), 1),
         maxPromptBytes: o.maxPromptBytes === undefined ? undefined : int('max-prompt-bytes', String(o.maxPromptBytes), 1),

@@ -28,6 +28,9 @@ import { dataDir } from '../io/data.js';
 import type { ScheduleName } from '../train/schedule.js';
 import { SAMPLING_RANGES } from '../models/sampling-rules.js';
 import { resolveModel } from './models.js';
+import { QUANTIZE_HELP, quantizeLoadOptions, reportQuantization } from './quantize.js';
+import { isQuantized } from '../models/quantize.js';
+import { type ImageFlags, addImageOptions, evalOnImages, refuseTextData, trainOnImages } from './images.js';
 import { type OptionRange, atLeast, describeOptionRange, numberOption } from './options.js';
 
 /** The accepted values of the numeric options; the help text and the error messages both read them. */
@@ -132,7 +135,7 @@ function collect(v: string, acc: string[]): string[] {
 function addDataOptions(c: Command, multi = false): Command {
   const data = multi
     ? c.option('--data <file>', `${DATA_HELP}; repeat as --data NAME=FILE for multi-task training (task ids 0, 1, ... in the order given)`, collect, [] as string[])
-    : c.requiredOption('--data <file>', DATA_HELP);
+    : c.option('--data <file>', `${DATA_HELP} (or --images for image data)`);
   const withData = data
     .option('--format <f>', 'jsonl, csv or tsv (default: from the file extension)')
     .option('--text-column <c>', 'CSV/TSV column with the text (name or index)')
@@ -434,10 +437,12 @@ export function registerTrainCommands(program: Command): void {
     .option('--stream', 'stream a JSONL file larger than memory (read in shuffled chunks; validation from --val-data)')
     .option('--val-data <file>', 'validation data file (with --stream); multi-task: NAME=FILE for one task (repeatable; the others split --val-split)', collect, [] as string[])
     .option('--gradient-checkpointing', 'recompute each block in backward to save memory on long sequences')
+    .option('--quantize <format>', `${QUANTIZE_HELP}; adapters then train on the quantized base (QLoRA with nf4)`)
     .option('--seed <n>', ranged('seed for data order, initialization and dropout', RANGES.seed), '0')
     .option('--classification-head', `classify with a linear head on the last token's hidden state of a decoder (Llama family, GPT-2) instead of label words; the head trains as PEFT's modules_to_save "${DECODER_CLASSIFIER_HEAD}" with task_type SEQ_CLS`)
     .option('--json', 'JSON-lines metrics even on a terminal');
   const train = program.commands.find((c) => c.name() === 'train')!;
+  addImageOptions(train);
   for (const opt of methodOptions()) {
     const ranges = opt.type === 'int' || opt.type === 'number';
     train.option(`--${opt.name} <${opt.type === 'list' ? 'list' : 'x'}>`, ranges && (opt.min !== undefined || opt.max !== undefined) ? ranged(opt.description, methodOptionRange(opt)) : opt.description);
@@ -450,7 +455,8 @@ export function registerTrainCommands(program: Command): void {
         data: lists.data, tasks: o.tasks as string | undefined, valData: lists.valData, labelWords: lists.labelWords,
         taskSampling: o.taskSampling as string | undefined, taskTemperature: o.taskTemperature as string | undefined, taskPrefix: !!o.taskPrefix,
       };
-      const specs = taskSpecs(mt);
+      // image data is one labelled set, never several tasks
+      const specs = o.images !== undefined ? null : taskSpecs(mt);
       if (!specs) {
         // one plain data file: the run of a single task, as it always was
         for (const [flag, v] of [['task-sampling', o.taskSampling], ['task-temperature', o.taskTemperature], ['task-prefix', o.taskPrefix]] as const) {
@@ -471,6 +477,10 @@ export function registerTrainCommands(program: Command): void {
       }
       const sampling = specs ? taskSamplingOf(mt) : null;
       if (o.method !== FULL_FINE_TUNING) resolvePreset(String(o.method)); // an unknown name lists the registered ones
+      const load = quantizeLoadOptions(o.quantize);
+      if (load.quantize && o.method === FULL_FINE_TUNING) {
+        throw new AdaptkitError(`--quantize ${load.quantize} keeps the linear weights packed and frozen, and --method ${FULL_FINE_TUNING} trains every weight; train an adapter on the quantized base instead (QLoRA: --method lora --quantize nf4)`);
+      }
       if (!o.adapterConfig && o.method !== FULL_FINE_TUNING) {
         const { method } = resolvePreset(String(o.method));
         const own = new Set((method.options ?? []).map((x) => x.name));
@@ -501,10 +511,24 @@ export function registerTrainCommands(program: Command): void {
       expectFolder('out', outDir, 'a run is a folder for its checkpoints, metrics and adapter');
       checkRunDir({ outDir, resume: !!o.resume, overwrite: !!o.overwrite });
       const modelPath = await resolveModel(String(o.model));
-      const { model: loaded } = loadAnyModel(modelPath);
+      const loadedModel = loadAnyModel(modelPath, load);
+      reportQuantization(loadedModel);
+      const { model: loaded, config: rawConfig } = loadedModel;
+      if (o.method === FULL_FINE_TUNING && isQuantized(loaded)) throw new AdaptkitError(`${modelPath} holds quantized linear layers, which are frozen; --method ${FULL_FINE_TUNING} trains every weight: train an adapter on it instead`);
       // an encoder with a classification head already has one; a decoder gets `score`
       const model = o.classificationHead && describeModel(loaded).task === 'causal-lm' ? new CausalLMForSequenceClassification(loaded as CausalModel, 2) : loaded;
       const classifier = describeModel(model).task === 'sequence-classification';
+      if (o.images !== undefined) {
+        return trainOnImages({
+          model, modelPath, rawConfig, flags: o, val,
+          config: { ...numbers, schedule: sched as ScheduleName, optimizer: o.optimizer as 'adamw' | 'sgd' },
+          run: {
+            method: String(o.method), methodOptions: methodOpts, adapterConfig, outDir, resume: !!o.resume, overwrite: !!o.overwrite, settingName: settingFlag,
+            onNotice: (m: string) => process.stderr.write(`adaptkit: ${m}\n`), json: !!o.json, modelArg: String(o.model),
+          },
+        });
+      }
+      refuseTextData(model);
       if (classifier && specs) throw new AdaptkitError(`${modelPath} is a sequence classifier; multi-task training trains language-model tasks (label words for labels)`);
       if (classifier && o.labelWords) throw new AdaptkitError('--label-words is for label-word training; a classification head predicts label indices, not words');
       if (o.gradientCheckpointing && !classifier) (model as { gradientCheckpointing: boolean }).gradientCheckpointing = true;
@@ -520,7 +544,7 @@ export function registerTrainCommands(program: Command): void {
           evalEvery: numbers.evalEvery || (validationCount ? steps : 0), bucket: false, pack: !!o.pack, maxLen: seqLen, ...lossAverage(o.lossAverage),
         };
         const identity = {
-          model: String(o.model), taskOrder: specs.map((t) => t.name),
+          model: String(o.model), quantize: load.quantize, taskOrder: specs.map((t) => t.name),
           tasks: Object.fromEntries(specs.map(({ origin: _o, name, ...rest }) => [name, { ...rest, labelCue: rest.labelCue ?? o.labelCue }])),
           taskSampling: sampling!.sampling, taskTemperature: sampling!.temperature, taskPrefix: !!o.taskPrefix, valSplit: val,
           method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
@@ -572,7 +596,7 @@ export function registerTrainCommands(program: Command): void {
         bucket: !!o.bucket, pack: !!o.pack, maxLen: seqLen, ...lossAverage(o.lossAverage),
       };
       const identity = {
-        model: String(o.model), data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
+        model: String(o.model), quantize: load.quantize, data: o.data, method: o.method, methodOptions: methodOpts, adapterConfig, config: { ...config },
         labelWords: o.labelWords, classificationHead: o.classificationHead || undefined,
       };
       const runOpts = {
@@ -588,7 +612,7 @@ export function registerTrainCommands(program: Command): void {
       if (r.report.final_eval) process.stderr.write(`adaptkit: final evaluation ${JSON.stringify(r.report.final_eval)}\n`);
     });
 
-  addDataOptions(program.command('eval').description('loss / perplexity (and label accuracy) of a model with an optional adapter on a data file'))
+  addImageOptions(addDataOptions(program.command('eval').description('loss / perplexity (and label accuracy) of a model with an optional adapter on a data file, or accuracy on images')))
     .requiredOption('--model <path>', 'base model')
     .option('--tokenizer <path>', 'tokenizer (default: the model folder)')
     .option('--adapter <dir>', 'PEFT adapter folder')
@@ -599,7 +623,10 @@ export function registerTrainCommands(program: Command): void {
     .option('--task <name>', `evaluate as this task of a multi-task adapter: its task id, label words, cue and task prefix, from the ${TASKS_FILE} of the adapter folder or of its run folder`)
     .option('--task-id <n>', `route every row to task N (task-conditioned adapters): ${describeOptionRange(RANGES.taskId)} below the adapter's task count (from ${TASKS_FILE}, else its config's n_tasks)`)
     .option('--json', 'print JSON')
-    .action(async (o: DataFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string; task?: string; taskId?: string }, cmd: Command) => {
+    .option('--quantize <format>', QUANTIZE_HELP)
+    .action(async (o: DataFlags & ImageFlags & { model: string; tokenizer?: string; adapter?: string; batchSize: string; json?: boolean; exactMatch?: boolean; maxNewTokens: string; limit?: string; task?: string; taskId?: string; quantize?: string }, cmd: Command) => {
+      const load = quantizeLoadOptions(o.quantize);
+      if (o.data === undefined && o.images === undefined) throw new AdaptkitError('eval needs data: --data FILE (text) or --images SOURCE (images)');
       const limit = o.limit === undefined ? Infinity : numberOption('limit', o.limit, RANGES.limit);
       const batchSize = numberOption('batch-size', o.batchSize, RANGES.batchSize);
       const maxNewTokens = numberOption('max-new-tokens', o.maxNewTokens, RANGES.maxNewTokens);
@@ -610,7 +637,17 @@ export function registerTrainCommands(program: Command): void {
         process.stderr.write(`adaptkit: ${o.adapter} was trained on tasks ${tasksFile.tasks.map((t) => `${t.id} ${t.name}`).join(', ')}; pass --task NAME to evaluate it as one of them\n`);
       }
       const modelPath = await resolveModel(o.model);
-      const { model: loaded } = loadAnyModel(modelPath);
+      const loadedModel = loadAnyModel(modelPath, load);
+      reportQuantization(loadedModel);
+      const { model: loaded } = loadedModel;
+      if (o.images !== undefined) {
+        const r: Record<string, number> = evalOnImages({ model: loaded, modelPath, adapter: o.adapter, flags: o as unknown as Record<string, unknown>, batchSize, limit, taskId });
+        if (taskId !== undefined) r.task_id = taskId;
+        if (o.json) console.log(JSON.stringify(r));
+        else for (const [k, v] of Object.entries(r)) console.log(`${k}: ${v}`);
+        return;
+      }
+      refuseTextData(loaded);
       const adapterConfig = o.adapter ? readAdapterConfig(o.adapter) : null;
       const saved = o.adapter ? readLabelsFile(o.adapter) : null;
       const savedLabels = saved ? labelsInOrder(saved) : null;
@@ -694,20 +731,22 @@ export function registerTrainCommands(program: Command): void {
     .option('--steps <n>', ranged('training steps', RANGES.steps, ' (default 150 for sms, 80 for gsm8k)'))
     .option('--seed <n>', ranged('seed', RANGES.seed), '0')
     .option('--json', 'JSON-lines progress and a final JSON line')
-    .action(async (task: string, o: { dataDir?: string; out: string; steps?: string; seed: string; json?: boolean }) => {
+    .option('--quantize <format>', `${QUANTIZE_HELP}; the LoRA then trains on the quantized base (QLoRA with nf4)`)
+    .action(async (task: string, o: { dataDir?: string; out: string; steps?: string; seed: string; json?: boolean; quantize?: string }) => {
       if (task !== 'sms' && task !== 'gsm8k') throw new AdaptkitError(`demo task must be sms or gsm8k, got "${task}"`);
+      const { quantize } = quantizeLoadOptions(o.quantize);
       const steps = o.steps === undefined ? (task === 'sms' ? 150 : 80) : numberOption('steps', o.steps, RANGES.steps);
       const seed = numberOption('seed', o.seed, RANGES.seed);
       const out = o.out || join('runs', `demo-${task}`);
       expectFolder('out', out, 'the demo writes its run (checkpoints, metrics, adapter) into a folder');
       const modelDir = await demoModelDir(dataDir(o.dataDir));
-      const r = runDemo({ task: task as DemoTask, dataDir: o.dataDir, modelDir, outDir: out, steps, seed, progress: makeProgress(steps, { json: !!o.json }) });
+      const r = runDemo({ task: task as DemoTask, dataDir: o.dataDir, modelDir, outDir: out, steps, seed, quantize, progress: makeProgress(steps, { json: !!o.json }) });
       if (o.json) {
         console.log(JSON.stringify({ task: r.task, before: r.before, after: r.after, seconds: r.seconds, adapter_dir: r.adapter_dir }));
         return;
       }
       const fmt = (v: number) => (r.metric === 'accuracy' ? v.toFixed(3) : `${v.toFixed(3)} nats/token`);
-      console.log(`\n${task === 'sms' ? 'SMS spam, 1,000 held-out messages' : 'GSM8K, held-out questions'} (stories260K + LoRA r=8, ${steps} steps)`);
+      console.log(`\n${task === 'sms' ? 'SMS spam, 1,000 held-out messages' : 'GSM8K, held-out questions'} (stories260K${quantize ? ` quantized to ${quantize}` : ''} + LoRA r=8, ${steps} steps)`);
       console.log(`  ${r.metric.padEnd(14)} before  ${fmt(r.before)}`);
       console.log(`  ${''.padEnd(14)} after   ${fmt(r.after)}`);
       console.log(`  time ${r.seconds.toFixed(1)} s; adapter: ${r.adapter_dir}; curves: ${join(out, 'curves.svg')}`);

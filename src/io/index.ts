@@ -8,3 +8,6 @@ export { readGgufMetadata } from './gguf.js';
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
 export { snapshotDownload, hubCacheDir, isHubId, type HubOptions } from './hub.js';
 export { dataDir } from './data.js';
+export { parseIdx, readIdx, decodeImage, decodePng, decodeJpeg, readImage, type RawImage, type IdxArray } from './images.js';
+export { GgufReader, readGgufHeader, isGgufFile, type GgufHeader, type GgufTensorInfo } from './gguf.js';
+export { writeGguf, serializeGguf, gguf, type GgufContents } from './gguf-write.js';

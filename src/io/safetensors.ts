@@ -16,6 +16,9 @@ const DTYPE_BYTES: Record<SafetensorsDType, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
 };
 
+/** Packed (quantized) storage as read back: codes and scales in their own widths. */
+export type PackedArray = Uint8Array | Int8Array | Float32Array;
+
 export interface TensorInfo {
   dtype: SafetensorsDType;
   shape: number[];
@@ -182,8 +185,8 @@ export class SafetensorsFile {
     return t;
   }
 
-  /** Read one tensor (floats as f32, integers as i32). */
-  read(name: string): Tensor {
+  /** The stored bytes of one tensor, as they lie in the file. */
+  readBytes(name: string): Uint8Array {
     const t = this.info(name);
     const bytes = Buffer.alloc(t.end - t.begin);
     let got = 0;
@@ -192,7 +195,27 @@ export class SafetensorsFile {
       if (n === 0) throw bad(this.path, `unexpected end of file reading "${name}"`);
       got += n;
     }
-    return fromBuffer(decode(this.path, name, t.dtype, bytes), t.shape);
+    return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /** Read one tensor (floats as f32, integers as i32). */
+  read(name: string): Tensor {
+    const t = this.info(name);
+    return fromBuffer(decode(this.path, name, t.dtype, this.readBytes(name)), t.shape);
+  }
+
+  /**
+   * One tensor of packed (quantized) storage without widening it: U8 as a Uint8Array, I8 as an
+   * Int8Array, floats as a Float32Array (quantization scales and maps).
+   */
+  readPacked(name: string): PackedArray {
+    const t = this.info(name);
+    const bytes = this.readBytes(name);
+    if (t.dtype === 'U8') return bytes;
+    if (t.dtype === 'I8') return new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const v = decode(this.path, name, t.dtype, bytes);
+    if (!(v instanceof Float32Array)) throw new AdaptkitError(`${this.path}: tensor "${name}" is ${t.dtype}; packed storage is U8, I8 or floating point`);
+    return v;
   }
 
   close(): void {
@@ -254,16 +277,36 @@ export class WeightSource {
     return this.file(name).read(name);
   }
 
+  readPacked(name: string): PackedArray {
+    return this.file(name).readPacked(name);
+  }
+
   close(): void {
     for (const f of this.files.values()) f.close();
     this.files.clear();
   }
 }
 
+/** A tensor given as its stored bytes (packed quantized storage), written as it is. */
+export interface RawTensor {
+  dtype: SafetensorsDType;
+  shape: number[];
+  data: Uint8Array | Int8Array | Float32Array | Uint16Array;
+}
+
 export interface WriteOptions {
   metadata?: Record<string, string>;
   /** Storage dtype per tensor name (default F32 for f32 tensors, I32 for i32). */
   dtypes?: Record<string, SafetensorsDType>;
+  /** More tensors, by name, whose bytes are written unchanged (little-endian typed arrays). */
+  raw?: Record<string, RawTensor>;
+}
+
+function rawBytes(name: string, r: RawTensor): Uint8Array {
+  const bytes = new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+  const want = numel(r.shape) * DTYPE_BYTES[r.dtype];
+  if (bytes.length !== want) throw new AdaptkitError(`safetensors: raw tensor "${name}" has ${bytes.length} bytes, ${r.dtype} [${r.shape.join(', ')}] needs ${want}`);
+  return bytes;
 }
 
 function encode(t: Tensor, dtype: SafetensorsDType): Uint8Array {
@@ -294,16 +337,19 @@ function encode(t: Tensor, dtype: SafetensorsDType): Uint8Array {
  * with spaces to a multiple of 8 bytes so the data section is aligned.
  */
 export function serializeSafetensors(tensors: Record<string, Tensor>, opts: WriteOptions = {}): Uint8Array[] {
-  const names = Object.keys(tensors).sort();
+  const raw = opts.raw ?? {};
+  for (const k of Object.keys(raw)) if (Object.hasOwn(tensors, k)) throw new AdaptkitError(`safetensors: "${k}" is given both as a tensor and as raw bytes`);
+  const names = [...Object.keys(tensors), ...Object.keys(raw)].sort();
   const header: Record<string, unknown> = {};
   if (opts.metadata) header.__metadata__ = opts.metadata;
   const blobs: Uint8Array[] = [];
   let offset = 0;
   for (const name of names) {
-    const t = tensors[name]!;
-    const dtype = opts.dtypes?.[name] ?? (t.dtype === 'i32' ? 'I32' : 'F32');
-    const bytes = encode(t, dtype);
-    header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes.length] };
+    const r = Object.hasOwn(raw, name) ? raw[name] : undefined;
+    const t = tensors[name];
+    const dtype = r ? r.dtype : (opts.dtypes?.[name] ?? (t!.dtype === 'i32' ? 'I32' : 'F32'));
+    const bytes = r ? rawBytes(name, r) : encode(t!, dtype);
+    header[name] = { dtype, shape: r ? [...r.shape] : [...t!.shape], data_offsets: [offset, offset + bytes.length] };
     blobs.push(bytes);
     offset += bytes.length;
   }

@@ -2,3 +2,4 @@
 import './llama/family.js';
 import './gpt2/family.js';
 import './bert/family.js';
+import './vit/family.js';

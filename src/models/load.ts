@@ -1,5 +1,6 @@
 /**
- * Open a model by path: a Hugging Face folder (config.json + safetensors) or a llama2.c `.bin`.
+ * Open a model by path: a Hugging Face folder (config.json + safetensors), a llama2.c `.bin` or a
+ * GGUF file (told apart by its magic bytes).
  */
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,6 +9,8 @@ import { WeightSource } from '../io/safetensors.js';
 import { llama2cHfConfig, readLlama2c } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/tokenizer-llama2c.js';
 import { HfTokenizer } from '../io/tokenizer-hf.js';
+import { ggufTokenizer } from '../io/tokenizer-gguf.js';
+import { isGgufFile, loadGgufModel } from './gguf.js';
 import { describeModel } from '../nn/index.js';
 import { type RawConfig, readConfigFile } from './config.js';
 import type { LlamaForCausalLM } from './llama/model.js';
@@ -16,6 +19,8 @@ import type { BertForSequenceClassification } from './bert/model.js';
 import { WeightMap } from './weights.js';
 import type { Tokenizer } from './tokenizer.js';
 import { familyFor } from './registry.js';
+import { bnbQuantization, installPacked, readBnbWeights } from './bnb.js';
+import { type QuantizeModelOptions, type QuantizeReport, quantizeModel } from './quantize.js';
 import './families.js';
 
 export type CausalModel = LlamaForCausalLM | GPT2LMHeadModel;
@@ -32,20 +37,38 @@ export interface LoadedModel<M = CausalModel> {
   config: RawConfig;
   /** Weights in the checkpoint that no module used. */
   unused: string[];
+  /** What `quantize` did, when it was given. */
+  quantized?: QuantizeReport;
+  /** Linear layers read packed from a bitsandbytes checkpoint, and their bits. */
+  bnb?: { layers: number; bits: 4 | 8 };
+}
+
+export interface LoadOptions {
+  /** Quantize the float linear layers into this format once loaded (see quantizeModel). */
+  quantize?: string;
+  quantizeOptions?: QuantizeModelOptions;
 }
 
 /** A causal language model (Llama family, GPT-2). */
-export function loadModel(path: string): LoadedModel {
-  const r = loadAnyModel(path);
+export function loadModel(path: string, opts: LoadOptions = {}): LoadedModel {
+  const r = loadAnyModel(path, opts);
   const d = describeModel(r.model);
   if (d.task !== 'causal-lm') throw new AdaptkitError(`${path}: a ${d.family} ${d.task} model is not a causal language model`);
   return r as LoadedModel;
 }
 
-/** Any supported model, including encoders (BERT). */
-export function loadAnyModel(path: string): LoadedModel<AnyModel> {
+/** Any supported model, including encoders (BERT); `quantize` quantizes its linear layers once loaded. */
+export function loadAnyModel(path: string, opts: LoadOptions = {}): LoadedModel<AnyModel> {
+  const r = loadFloatOrPacked(path);
+  if (opts.quantize === undefined) return r;
+  if (r.bnb) throw new AdaptkitError(`${path} is already quantized by bitsandbytes (${r.bnb.bits}-bit); load it without --quantize`);
+  return { ...r, quantized: quantizeModel(r.model, opts.quantize, opts.quantizeOptions) };
+}
+
+function loadFloatOrPacked(path: string): LoadedModel<AnyModel> {
   if (!existsSync(path)) throw new AdaptkitError(`model not found: ${path}`);
   if (statSync(path).isFile()) {
+    if (isGgufFile(path)) return loadGgufModel(path);
     const ckpt = readLlama2c(path);
     const raw = llama2cHfConfig(ckpt.config);
     const w = WeightMap.fromMap(ckpt.weights, path);
@@ -56,10 +79,14 @@ export function loadAnyModel(path: string): LoadedModel<AnyModel> {
   const type = String(raw.model_type ?? '');
   const src = new WeightSource(path);
   try {
-    const w = new WeightMap((n) => (src.has(n) ? src.read(n) : undefined), src.keys(), path);
+    const bnb = bnbQuantization(raw, join(path, 'config.json'));
+    const read = bnb ? readBnbWeights(src, bnb, path) : null;
+    const w = new WeightMap((n) => (src.has(n) ? src.read(n) : undefined), src.keys(), path, read?.packed);
+    if (read) w.markUsed(read.state);
     const family = familyFor(type, path);
     const model = family.build(raw, w, path) as AnyModel;
-    return { model, config: raw, unused: w.unused().filter((n) => !family.ignoresWeight?.(n)) };
+    const layers = bnb ? installPacked(model, w, bnb.threshold) : 0;
+    return { model, config: raw, unused: w.unused().filter((n) => !family.ignoresWeight?.(n)), ...(bnb ? { bnb: { layers, bits: bnb.bits } } : {}) };
   } finally {
     src.close();
   }
@@ -71,6 +98,8 @@ export function loadTokenizer(modelPath: string, tokenizerPath: string | undefin
     if (!existsSync(tokenizerPath)) throw new AdaptkitError(`tokenizer not found: ${tokenizerPath}`);
     if (tokenizerPath.endsWith('.bin')) return Llama2cTokenizer.fromFile(tokenizerPath, vocabSize);
   }
+  const gguf = tokenizerPath ?? modelPath;
+  if (isGgufFile(gguf)) return ggufTokenizer(gguf);
   const dir = tokenizerPath ?? modelPath;
   if (existsSync(join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
   if (existsSync(join(dir, 'tokenizer.bin'))) return Llama2cTokenizer.fromFile(join(dir, 'tokenizer.bin'), vocabSize);

@@ -5,6 +5,7 @@ import { AdaptkitError, type Tensor } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { serializeSafetensors } from '../io/safetensors.js';
+import { packedCheckpoint } from './quantize.js';
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'generation_config.json', 'tokenizer.bin'];
 
@@ -17,8 +18,12 @@ export function saveModelFolder(
   mkdirSync(dir, { recursive: true });
   const tensors: Record<string, Tensor> = {};
   for (const [k, t] of model.namedParameters()) tensors[k] = t;
-  writeFileAtomic(join(dir, 'model.safetensors'), serializeSafetensors(tensors, { metadata: { format: 'pt' } }));
-  writeFileAtomic(join(dir, 'config.json'), Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+  // quantized layers are written packed, with the quantization_config (if any) that says how
+  const packed = packedCheckpoint(model);
+  writeFileAtomic(join(dir, 'model.safetensors'), serializeSafetensors(tensors, { metadata: { format: 'pt' }, raw: packed?.tensors }));
+  const { quantization_config: _old, ...rest } = config;
+  const out = packed?.quantizationConfig ? { ...rest, quantization_config: packed.quantizationConfig } : rest;
+  writeFileAtomic(join(dir, 'config.json'), Buffer.from(`${JSON.stringify(out, null, 2)}\n`));
   if (opts.copyFrom && existsSync(opts.copyFrom) && statSync(opts.copyFrom).isDirectory()) {
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.copyFrom, f))) copyFileSync(join(opts.copyFrom, f), join(dir, f));
   }

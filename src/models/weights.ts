@@ -1,13 +1,21 @@
-import { AdaptkitError, type Tensor, sameShape, shapeStr } from '../tensor/index.js';
+import { AdaptkitError, type Tensor, expand, noGrad, sameShape, scalar, shapeStr } from '../tensor/index.js';
+import type { QuantizedTensor } from '../backend/quant/index.js';
 
 /** Where a model builder gets its weights: by HF name, with the shape it must have. */
 export class WeightMap {
   private used = new Set<string>();
+  /**
+   * Stand-ins handed to builders for weights that stay packed: a zero-stride view of the shape
+   * the builder asks for, holding no memory, swapped for a QuantLinear once the model is built.
+   */
+  readonly placeholders = new Map<Tensor, QuantizedTensor>();
 
   constructor(
     private readonly read: (name: string) => Tensor | undefined,
     private readonly names: readonly string[],
     readonly source: string,
+    /** Weights kept in their packed form (a bitsandbytes checkpoint), by weight name. */
+    private readonly packed: ReadonlyMap<string, QuantizedTensor> = new Map(),
   ) {}
 
   static fromMap(map: Map<string, Tensor>, source: string): WeightMap {
@@ -15,11 +23,13 @@ export class WeightMap {
   }
 
   has(name: string): boolean {
-    return this.names.includes(name);
+    return this.names.includes(name) || this.packed.has(name);
   }
 
   /** A frozen, kept weight of exactly `shape`. */
   get(name: string, shape: readonly number[]): Tensor {
+    const q = this.packed.get(name);
+    if (q) return this.placeholder(name, q, shape);
     const t = this.read(name);
     if (!t) throw new AdaptkitError(`${this.source}: missing weight "${name}" (expected ${shapeStr(shape)})`);
     if (!sameShape(t.shape, shape)) {
@@ -33,8 +43,24 @@ export class WeightMap {
     return t;
   }
 
+  private placeholder(name: string, q: QuantizedTensor, shape: readonly number[]): Tensor {
+    // a Conv1D layout asks for [in, out] of a weight quantized as [out, in]
+    const fits = sameShape(q.shape, shape) || (shape.length === 2 && sameShape(q.shape, [shape[1]!, shape[0]!]));
+    if (!fits) throw new AdaptkitError(`${this.source}: quantized weight "${name}" has shape ${shapeStr(q.shape)}, expected ${shapeStr(shape)}`);
+    const t = noGrad(() => expand(scalar(0), shape)).keep();
+    t.name = name;
+    this.used.add(name);
+    this.placeholders.set(t, q);
+    return t;
+  }
+
   optional(name: string, shape: readonly number[]): Tensor | null {
     return this.has(name) ? this.get(name, shape) : null;
+  }
+
+  /** Count names as used that no builder asks for (the quantization state of packed weights). */
+  markUsed(names: Iterable<string>): void {
+    for (const n of names) this.used.add(n);
   }
 
   /** Names in the checkpoint that no module took. */

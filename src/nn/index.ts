@@ -4,3 +4,6 @@ export {
   type AdapterDescriptor, type AttentionSlot, type DescribedModel, type KVPrefixHook, type KVPrefixStep, type PrefixCache, type TargetRole, type TargetSpec,
   describeModel,
 } from './descriptor.js';
+export {
+  QuantLinear, type LinearLayer, isLinearLayer, weightOutIn, productNoBias, packedBytes, quantizeOptionsOf,
+} from './quant-linear.js';

@@ -18,6 +18,8 @@ export interface ServerOptions {
   model: string;
   /** Modules that register adapter methods or model families (the CLI's --plugin). */
   plugins?: string[];
+  /** Quantize the base model's linear layers into this format as it loads (the CLI's --quantize). */
+  quantize?: string;
   tokenizer?: string;
   servedModelName: string;
   apiKey?: string;
@@ -64,7 +66,7 @@ export async function startServer(o: ServerOptions, listen: { port: number; host
   const maxPromptBytes = o.maxPromptBytes ?? PROMPT_BYTES_PER_TOKEN * o.maxPromptTokens;
   const loraRoot = o.allowRuntimeLora ? await loraRootOf(o.loraRoot ?? o.engine.adapterDir) : null;
   const poolBytes = Math.round((o.poolMb ?? o.engine.kvCacheMb) * 2 ** 20);
-  const client = new EngineClient({ role: 'engine', model: o.model, tokenizer: o.tokenizer, engine: o.engine, backend: o.backend, threads: o.threads, poolBytes, plugins: o.plugins });
+  const client = new EngineClient({ role: 'engine', model: o.model, tokenizer: o.tokenizer, engine: o.engine, backend: o.backend, threads: o.threads, poolBytes, plugins: o.plugins, quantize: o.quantize });
   const info = await client.ready;
   const maxWeightBytes = o.maxAdapterMb === undefined ? info.maxAdapterBytes : Math.round(o.maxAdapterMb * 2 ** 20);
   const tokenizer = new TokenizerClient({ role: 'tokenizer', model: o.model, tokenizer: o.tokenizer, vocabSize: info.vocabSize });

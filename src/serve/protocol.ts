@@ -23,6 +23,8 @@ export type WorkerInit =
     engine: EngineOptions;
     /** Modules that register adapter methods or model families, imported before the model loads. */
     plugins?: string[];
+    /** Quantize the base model's linear layers into this format as it loads. */
+    quantize?: string;
   }
   | { role: 'tokenizer'; model: string; tokenizer?: string; vocabSize: number };
 

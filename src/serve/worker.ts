@@ -7,9 +7,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { getBackend, nativeBackend, setBackend } from '../backend/index.js';
 import { loadModel, loadTokenizer } from '../models/load.js';
+import { describeQuantization } from '../models/quantize.js';
 import { applyChatTemplate } from '../io/chat-template.js';
 import { bufferPool } from '../tensor/index.js';
-import { Linear, type Module } from '../nn/index.js';
+import { type Module, isLinearLayer } from '../nn/index.js';
 import { Engine, type ServedModel } from './engine.js';
 import { RequestError } from './adapter-store.js';
 import type { FromWorker, ToTokenizer, ToWorker, WorkerInit } from './protocol.js';
@@ -37,7 +38,7 @@ function status(e: unknown): number {
  */
 function maxAdapterBytes(model: Module, maxRank: number): number {
   let elems = 0;
-  for (const [, m] of model.namedModules()) if (m instanceof Linear) elems += maxRank * (m.inFeatures + m.outFeatures);
+  for (const [, m] of model.namedModules()) if (isLinearLayer(m)) elems += maxRank * (m.inFeatures + m.outFeatures);
   return elems * 8 + (1 << 20) + 8;
 }
 
@@ -49,7 +50,8 @@ async function runEngine(init: Extract<WorkerInit, { role: 'engine' }>): Promise
     else getBackend();
     if (init.threads) nativeBackend()?.setThreads(init.threads);
     bufferPool.setLimit(init.poolBytes);
-    const { model } = loadModel(init.model);
+    const { model, quantized } = loadModel(init.model, { quantize: init.quantize });
+    if (quantized) process.stderr.write(`adaptkit: ${describeQuantization(quantized)}\n`);
     const tok = loadTokenizer(init.model, init.tokenizer, model.config.vocabSize);
     const ctx = Math.min(init.engine.contextLength, (model.config as { maxPositions?: number }).maxPositions ?? init.engine.contextLength);
     const cap = maxAdapterBytes(model as unknown as Module, init.engine.maxRank);

@@ -12,5 +12,5 @@ export * from './composite.js';
 export { backward, noGrad, isGradEnabled, checkpoint } from './autograd.js';
 export { VJP, sumTo } from './vjp.js';
 export { svd, inverse, matmul64, type SVD } from './linalg.js';
-export { type KernelSet, type UnaryOp, type BinaryOp, type CompareOp, type StridedView, type MatmulArgs, type AttentionArgs, type AttentionBackwardArgs, UNARY_OPS, BINARY_OPS, COMPARE_OPS, installKernels, kernels } from './kernels.js';
+export { type KernelSet, type UnaryOp, type BinaryOp, type CompareOp, type StridedView, type MatmulArgs, type AttentionArgs, type AttentionBackwardArgs, type PackedWeight, type QuantMatmulArgs, UNARY_OPS, BINARY_OPS, COMPARE_OPS, installKernels, kernels } from './kernels.js';
 export { training, inference, isTraining } from './mode.js';

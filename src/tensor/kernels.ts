@@ -73,6 +73,32 @@ export interface AttentionBackwardArgs extends Omit<AttentionArgs, 'out'> {
   dv: Float32Array;
 }
 
+/**
+ * A weight matrix [rows, cols] held in a packed (quantized) form. The tensor layer never reads
+ * its bytes: it hands it to the kernels, which know the formats (backend/quant).
+ */
+export interface PackedWeight {
+  readonly format: string;
+  /** [rows, cols]: the logical row-major shape. */
+  readonly shape: readonly number[];
+  /** The tensor's name, for messages. */
+  readonly name?: string;
+}
+
+/**
+ * Products with a packed weight W [n, k], never making an f32 copy of all of W: y [m, n] = x [m, k]·Wᵀ,
+ * or with `transpose` y [m, k] = x [m, n]·W (the input gradient). Accumulation is f32 into `out`.
+ */
+export interface QuantMatmulArgs {
+  x: Float32Array;
+  m: number;
+  w: PackedWeight;
+  out: Float32Array;
+  transpose: boolean;
+  /** int8, forward only: LLM.int8() outlier threshold (0: every column in int8). */
+  threshold: number;
+}
+
 export interface KernelSet {
   readonly name: string;
   unary(op: UnaryOp, x: Float32Array, out: Float32Array): void;
@@ -125,6 +151,8 @@ export interface KernelSet {
    * (`inverse` rotates by the negative angle, which is the VJP).
    */
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, outer: number, t: number, d: number, out: Float32Array, inverse: boolean): void;
+  /** A product with a packed weight (see QuantMatmulArgs). */
+  quantMatmul(args: QuantMatmulArgs): void;
 }
 
 let active: KernelSet | null = null;

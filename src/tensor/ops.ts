@@ -7,7 +7,7 @@ import { needsRecord, record } from './autograd.js';
 import { full, scalar } from './create.js';
 import { opError } from './errors.js';
 import {
-  type BinaryOp, type CompareOp, type UnaryOp, BINARY_OPS, COMPARE_OPS, UNARY_OPS, kernels,
+  type BinaryOp, type CompareOp, type PackedWeight, type UnaryOp, BINARY_OPS, COMPARE_OPS, UNARY_OPS, kernels,
 } from './kernels.js';
 import {
   type Shape, broadcastShapes, broadcastStrides, contiguousStrides, normAxis, numel, sameShape,
@@ -299,6 +299,49 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor | null): Tensor {
     y = y1;
   }
   return record(y, 'linear', b ? [x, w, b] : [x, w], { x, w });
+}
+
+/**
+ * y = x · Wᵀ (+ b) for a packed weight W [out, in] (a quantized base layer): the kernel computes on
+ * the packed form. W is frozen by construction, so the op records a gradient for x and b only,
+ * and no weight-gradient product is ever run.
+ */
+export function quantLinear(x: Tensor, w: PackedWeight, b?: Tensor | null, opts: { threshold?: number } = {}): Tensor {
+  f32('quantLinear', x);
+  if (w.shape.length !== 2) throw opError('quantLinear', `the packed weight${w.name ? ` ${w.name}` : ''} must be [out, in], got [${w.shape.join(', ')}]`, { x: x.shape });
+  const [n, k] = w.shape as [number, number];
+  if (x.ndim < 1 || x.shape[x.ndim - 1] !== k) throw opError('quantLinear', 'x [..., in] and W [out, in] disagree', { x: x.shape, w: w.shape });
+  if (b) {
+    f32('quantLinear', b, 'b');
+    if (b.ndim !== 1 || b.shape[0] !== n) throw opError('quantLinear', 'bias must be [out]', { w: w.shape, b: b.shape });
+  }
+  const threshold = opts.threshold ?? 0;
+  if (!(threshold >= 0)) throw opError('quantLinear', `threshold must be a number >= 0, got ${threshold}`);
+  const xc = contig(x);
+  const m = x.size / k;
+  const out = empty([...x.shape.slice(0, -1), n]);
+  runQuantMatmul(f32buf(xc), m, w, f32buf(out), false, threshold);
+  drop(xc, x);
+  if (b) kernels().binary('add', out.shape, out.view(), bview(b, out.shape), f32buf(out));
+  return record(out, 'quantLinear', b ? [x, b] : [x], { w });
+}
+
+/** g [..., out] · W [out, in] on the packed form: the input gradient of quantLinear (unrecorded). */
+export function quantLinearBackward(g: Tensor, w: PackedWeight): Tensor {
+  f32('quantLinearBackward', g, 'g');
+  const [n, k] = w.shape as [number, number];
+  if (g.ndim < 1 || g.shape[g.ndim - 1] !== n) throw opError('quantLinearBackward', 'g [..., out] and W [out, in] disagree', { g: g.shape, w: w.shape });
+  const gc = contig(g);
+  const out = empty([...g.shape.slice(0, -1), k]);
+  runQuantMatmul(f32buf(gc), g.size / n, w, f32buf(out), true, 0);
+  drop(gc, g);
+  return out;
+}
+
+function runQuantMatmul(x: Float32Array, m: number, w: PackedWeight, out: Float32Array, transpose: boolean, threshold: number): void {
+  const k = kernels();
+  if (typeof k.quantMatmul !== 'function') throw opError('quantLinear', `quantMatmul has no kernel on ${k.name}`);
+  k.quantMatmul({ x, m, w, out, transpose, threshold });
 }
 
 /** y + a · b (b 2-D) as one op: the product accumulates into a copy of y, no intermediate is kept. */

@@ -7,8 +7,9 @@ import { full, zeros } from './create.js';
 import { type UnaryOp, UNARY_OPS, kernels } from './kernels.js';
 import {
   binary, compare, contiguous, detach, expand, indexAdd, indexSelect, matmul, narrow, padNarrow,
-  permute, reshape, rope, sum, where,
+  permute, quantLinearBackward, reshape, rope, sum, where,
 } from './ops.js';
+import type { PackedWeight } from './kernels.js';
 import { type Shape, numel, sameShape } from './shape.js';
 import { type GradNode, Tensor, empty, tidy } from './tensor.js';
 import { defaultRng } from './random.js';
@@ -122,6 +123,12 @@ export const VJP: Record<string, VjpRule> = {
     const gw = needs[1] ? matmul(T(reshape(g, [-1, w.shape[0]!])), reshape(x, [-1, w.shape[1]!])) : null;
     const gb = node.inputs[2] && needs[2] ? sumTo(g, [w.shape[0]!]) : null;
     return [gx && x.ndim === 1 ? reshape(gx, x.shape) : gx, gw, gb];
+  },
+  quantLinear: (g, node, needs) => {
+    const w = s<PackedWeight>(node, 'w');
+    const gx = needs[0] ? quantLinearBackward(g, w) : null;
+    const gb = node.inputs[1] && needs[1] ? sumTo(g, [w.shape[0]!]) : null;
+    return [gx, gb];
   },
   addmm: (g, node, needs) => {
     const a = s<Tensor>(node, 'a');

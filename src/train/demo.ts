@@ -28,6 +28,8 @@ export interface DemoOptions {
   seed?: number;
   progress?: Progress;
   overwrite?: boolean;
+  /** Quantize the base model's linear layers first (QLoRA with nf4). */
+  quantize?: string;
 }
 
 export interface DemoResult {
@@ -102,7 +104,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
     const isDemo = existsSync(cfg) && 'demo' in (JSON.parse(readFileSync(cfg, 'utf8')) as object);
     if (!isDemo && !o.overwrite) throw new AdaptkitError(`${o.outDir} is not empty and is not an earlier demo run; choose another --out`);
   }
-  const { model } = loadModel(bin);
+  const { model } = loadModel(bin, { quantize: o.quantize });
   const tok = loadTokenizer(bin, join(modelDir, 'tok512.bin'), model.config.vocabSize);
   const seed = o.seed ?? 0;
   const padId = tok.eosId ?? 0;
@@ -139,7 +141,7 @@ export function runDemo(o: DemoOptions & { modelDir?: string }): DemoResult {
       evalEvery: Math.max(10, Math.floor(steps / 5)), maxLen: seqLen,
     },
     progress: o.progress,
-    identity: { demo: o.task, seed, steps },
+    identity: { demo: o.task, seed, steps, quantize: o.quantize },
   });
   const am = new AdapterModel(model);
   am.load(run.adapterDir);

@@ -15,3 +15,13 @@ export { runDemo, type DemoResult } from './demo.js';
 export { plotMetrics, readMetrics } from './plot.js';
 export { classificationExamples, classificationLoss, classificationAccuracy } from './classify.js';
 export { StreamingExamples, type StreamPosition } from './stream.js';
+export { openImageSource, imageExamples, imageBatch, toPixels, resizeBilinear, imagePrep, MNIST_SPLITS, type ImageExample, type ImagePrep } from './images.js';
+export {
+  IMAGE_CORRUPTIONS, IMAGE_SEVERITIES, TEXT_CORRUPTIONS, TEXT_SEVERITIES, CHAR_EDITS, QWERTY_NEIGHBOURS, corruptImage, corruptText, corruptionParameters,
+  addGaussianNoise, addShotNoise, gaussianBlur, shiftBrightness, scaleContrast, pixelate, rotateImage, elasticTransform,
+  charNoise, keyboardTypo, flipCase, allCaps, wordDrop, type ImageCorruption, type TextCorruption, type CharEdit, type CorruptionParameters,
+} from './corruptions.js';
+export {
+  imageStream, textStream, presetDomains, exampleSeed, rawToPlanar, planarToRaw, CorruptedStream, ImageStream, STREAM_PRESETS, GRADUAL_SEVERITIES,
+  type StreamPreset, type StreamDomain, type StreamSegment, type StreamBatch, type StreamManifest, type ImageStreamOptions, type TextStreamOptions, type ImageItem,
+} from './tta-streams.js';

@@ -12,7 +12,7 @@ import { serializeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { AnyModel } from '../models/load.js';
 import { type DescribedModel, type Module, describeModel } from '../nn/index.js';
-import { classificationAccuracy, classificationLoss } from './classify.js';
+import { classificationAccuracy, classificationLoss, classificationTokens } from './classify.js';
 import { saveModelFolder } from '../models/save.js';
 import { type Example } from './examples.js';
 import { StreamingExamples } from './stream.js';
@@ -42,7 +42,8 @@ export function methodConfig(method: string, o: MethodOptions, model: Module, co
 
 export interface RunOptions {
   model: AnyModel | DescribedModel;
-  tokenizer: Tokenizer;
+  /** Absent for models of images, whose inputs have no tokens and no padding. */
+  tokenizer?: Tokenizer;
   /** A preset or peft_type (`lora`, `dora`, `PREFIX_TUNING`, ...) or `full`. */
   method: string;
   methodOptions: MethodOptions;
@@ -61,6 +62,8 @@ export interface RunOptions {
   /** Recorded in tasks.json: the inputs were made to begin with "<task name>: ". */
   taskPrefix?: boolean;
   outDir: string;
+  /** The config.json written with a fully fine-tuned model (its `model` folder and checkpoints). */
+  modelConfig?: Record<string, unknown>;
   config: Partial<TrainConfig>;
   resume?: boolean;
   overwrite?: boolean;
@@ -342,7 +345,7 @@ export function runTraining(o: RunOptions): RunResult {
   if (cfg.lossAverage === 'row' && (classifier || inst?.objective)) {
     throw new AdaptkitError(`loss averaging "row" is for language-model losses; ${classifier ? 'a classification head' : `the ${inst!.method.peftType} method's own objective`} averages its loss itself`);
   }
-  const padId = classifier ? ((o.tokenizer as { padId?: number | null }).padId ?? 0) : (o.tokenizer.eosId ?? 0);
+  const padId = classifier ? ((o.tokenizer as { padId?: number | null } | undefined)?.padId ?? 0) : (o.tokenizer?.eosId ?? 0);
   const labelTokens = o.labels?.length && !classifier && Array.isArray(trainData) ? labelSequences(trainData, o.labels) : null;
   const evaluate = multi && validation.length
     ? () => taskMetrics(am, multi.eval, padId)
@@ -364,7 +367,7 @@ export function runTraining(o: RunOptions): RunResult {
   const trainer = new Trainer(am, params, trainData, padId, cfg, o.outDir, {
     evaluate,
     loss: classifier
-      ? (ex) => ({ loss: classificationLoss(am, ex, padId), tokens: ex.reduce((n, e) => n + e.body.length, 0) })
+      ? (ex) => ({ loss: classificationLoss(am, ex, padId), tokens: classificationTokens(ex) })
       : inst?.objective
       ? (ex) => {
           // the method's own objective over the step's batch (several passes, consistency terms)
@@ -383,7 +386,7 @@ export function runTraining(o: RunOptions): RunResult {
     onStep: (m) => o.progress?.step(m),
     onEval: (m) => o.progress?.eval(m),
     saveWeights: (dir) => {
-      if (!inst) return saveModelFolder(o.model, {}, dir, { overwrite: true });
+      if (!inst) return saveModelFolder(o.model, o.modelConfig ?? {}, dir, { overwrite: true });
       am.save(dir, ADAPTER);
       const st = inst.checkpointState?.();
       if (st) writeFileAtomic(join(dir, TRAINING_STATE), serializeSafetensors(Object.fromEntries(st)));
@@ -412,7 +415,7 @@ export function runTraining(o: RunOptions): RunResult {
     mkdirSync(adapterDir, { recursive: true });
     am.save(adapterDir, ADAPTER);
   } else {
-    saveModelFolder(o.model, {}, adapterDir, { overwrite: true });
+    saveModelFolder(o.model, o.modelConfig ?? {}, adapterDir, { overwrite: true });
   }
   if (o.labels?.length) {
     const f: LabelsFile = { id2label: Object.fromEntries(o.labels.map((l, i) => [String(i), l])) };

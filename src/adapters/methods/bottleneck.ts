@@ -11,7 +11,7 @@
  * (except with layer_norm "after" or residual false, which change the layer by design).
  */
 import { AdaptkitError, type Tensor, add, gelu, layerNorm, mul, ones, parameter, randn, relu, silu, tanh, zeros } from '../../tensor/index.js';
-import { type AdapterDescriptor, Linear, Module, type TargetSpec } from '../../nn/index.js';
+import { type AdapterDescriptor, Linear, type LinearLayer, Module, type TargetSpec, isLinearLayer } from '../../nn/index.js';
 import { baseJson, optBool, optInt, optNumber, optString, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -61,8 +61,8 @@ export function activate(x: Tensor, a: Activation): Tensor {
 
 /** Output width of a target: a linear layer's out_features, or the width of a block's output. */
 export function targetWidth(t: TargetInfo): number {
-  if (t.module instanceof Linear) return t.module.outFeatures;
-  const lin = t.module.namedModules().map(([, m]) => m).filter((m): m is Linear => m instanceof Linear);
+  if (isLinearLayer(t.module)) return t.module.outFeatures;
+  const lin = t.module.namedModules().map(([, m]) => m).filter((m): m is LinearLayer => isLinearLayer(m));
   const last = lin[lin.length - 1];
   if (!last) throw new AdaptkitError(`"${t.path}" has no linear layer to size a bottleneck adapter from`);
   return last.outFeatures;

@@ -54,7 +54,7 @@ import {
   AdaptkitError, type Rng, type Tensor, addmm, clone, crossEntropy, div, fromBuffer, indexSelect, inference, isTraining, linear, matmul, mul,
   noGrad, ones, parameter, randn, reshape, rmsNorm, sqrt, sum, svd, tensor, transpose, zeros,
 } from '../../tensor/index.js';
-import { type AdapterDescriptor, Linear, type LinearLike, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Linear, type LinearLike, Module, isLinearLayer } from '../../nn/index.js';
 import { baseJson, optInt, optNumber, optString, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -488,7 +488,7 @@ export const GENERATIVE_ADAPTER: AdapterMethod = {
     const D = ctx.descriptor.embedding.dim;
     const scale = c.alpha / c.r2;
     for (const t of targets) {
-      if (!(t.module instanceof Linear)) throw new AdaptkitError(`${PEFT_TYPE} targets linear layers; "${t.path}" is not one`);
+      if (!isLinearLayer(t.module)) throw new AdaptkitError(`${PEFT_TYPE} targets linear layers; "${t.path}" is not one`);
       const input = t.layerIndex === null ? undefined : paths.get(t.layerIndex);
       if (input === undefined) throw new AdaptkitError(`${PEFT_TYPE}: "${t.path}" is in no decoder layer with an input norm, so it has no context states`);
       used.set(t.layerIndex!, input);

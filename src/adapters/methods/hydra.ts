@@ -6,7 +6,7 @@
  * hydra_seq_B.weight [out, r_s]. Not a PEFT method: peft_type "HYDRA".
  */
 import { AdaptkitError, type Tensor, add, clone, indexSelect, linear, matmul, mul, noGrad, parameter, rand, reshape, transpose, zeros } from '../../tensor/index.js';
-import { Linear, Module } from '../../nn/index.js';
+import { Linear, Module, isLinearLayer } from '../../nn/index.js';
 import { baseJson, optInt, optNumber, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -163,7 +163,7 @@ export const HYDRA: AdapterMethod = {
     const c = cfg as HydraConfig;
     const inst = new HydraAdapter(name, c);
     for (const t of targets) {
-      if (!(t.module instanceof Linear)) throw new AdaptkitError(`Hydra targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+      if (!isLinearLayer(t.module)) throw new AdaptkitError(`Hydra targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
       const inF = t.module.inFeatures;
       const outF = t.module.outFeatures;
       const ka = (r: number, n: number) => rand([r, n], { low: -1 / Math.sqrt(n), high: 1 / Math.sqrt(n), rng: ctx.rng });

@@ -4,7 +4,7 @@
  * PEFT key: <path>.ia3_l, shape [out, 1] (output scaling) or [1, in] (input scaling).
  */
 import { AdaptkitError, type Tensor, clone, indexSelect, mul, noGrad, ones, parameter, reshape, transpose, randn } from '../../tensor/index.js';
-import { type AdapterDescriptor, Linear, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, type Linear, Module, isLinearLayer } from '../../nn/index.js';
 import { baseJson, optBool, parseBase } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -149,7 +149,7 @@ export const IA3: AdapterMethod = {
     if (c.feedforward_modules === null) c.feedforward_modules = defaults(ctx.descriptor).ff ?? [];
     const inst = new IA3Adapter(name, c);
     for (const t of targets) {
-      if (!(t.module instanceof Linear)) throw new AdaptkitError(`IA3 targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+      if (!isLinearLayer(t.module)) throw new AdaptkitError(`IA3 targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
       const ff = isFF(c, t);
       const shape = ff ? [1, t.module.inFeatures] : [t.module.outFeatures, 1];
       const init = c.init_ia3_weights ? ones(shape) : randn(shape, { rng: ctx.rng, std: 0.02, mean: 1 });

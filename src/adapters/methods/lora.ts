@@ -12,7 +12,7 @@ import {
   AdaptkitError, type Tensor, add, addmm, concat, contiguous, dropout, narrow, fromBuffer, indexSelect, inverse, linear, matmul, matmul64, mul, noGrad,
   parameter, rand, randn, reshape, sqrt, sum, svd, transpose, zeros, div, clone,
 } from '../../tensor/index.js';
-import { Linear, Module } from '../../nn/index.js';
+import { Linear, type LinearLayer, Module, QuantLinear, isLinearLayer, productNoBias, weightOutIn } from '../../nn/index.js';
 import { baseJson, showValue, numberMap, optBool, optInt, optNumber, parseBase, patternValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -83,11 +83,6 @@ export function rankAndScale(c: LoraConfig, path: string): { r: number; scale: n
   return { r, scale: c.use_rslora ? alpha / Math.sqrt(r) : alpha / r };
 }
 
-/** Weight as [out, in] whatever the layer's storage layout. */
-function weightOutIn(base: Linear): Tensor {
-  return base.fanInFanOut ? transpose(base.weight) : base.weight;
-}
-
 /** The low-rank delta sBA (+ DoRA's rescaling) on one layer. */
 export class LoraDelta extends Module implements LayerDelta {
   lora_magnitude_vector: Tensor | null = null;
@@ -99,16 +94,16 @@ export class LoraDelta extends Module implements LayerDelta {
     public lora_B: Tensor,
     readonly scale: number,
     readonly dropoutP: number,
-    base: Linear,
+    base: LinearLayer,
   ) {
     super();
     this.#base = base;
   }
 
   /** The base layer (DoRA needs its weight); private so it is not a child in the module tree. */
-  readonly #base: Linear;
+  readonly #base: LinearLayer;
 
-  get base(): Linear {
+  get base(): LinearLayer {
     return this.#base;
   }
 
@@ -123,7 +118,12 @@ export class LoraDelta extends Module implements LayerDelta {
   }
 
   /** Row norms of W + sBA, detached (as DoRA prescribes). */
-  private weightNorm(): Tensor {
+  weightNorm(): Tensor {
+    const base = this.base;
+    // a quantized base: from its packed rows, with no float copy of W (or of BA)
+    if (base instanceof QuantLinear) {
+      return fromBuffer(base.lowRankRowNorms(this.lora_B.toArray() as Float32Array, this.lora_A.toArray() as Float32Array, this.lora_A.shape[0]!, this.scale), [base.outFeatures]);
+    }
     return noGrad(() => {
       const w = add(weightOutIn(this.base), this.deltaWeight());
       return sqrt(sum(mul(w, w), 1));
@@ -140,7 +140,7 @@ export class LoraDelta extends Module implements LayerDelta {
     if (this.lora_magnitude_vector) {
       // y = (m/||W+sBA||) (xWᵀ + s xAᵀBᵀ) + b, written as a correction of the base output y
       const ratio = div(this.lora_magnitude_vector, this.weightNorm());
-      const baseNoBias = linear(xd, weightOutIn(this.base));
+      const baseNoBias = productNoBias(this.base, xd);
       lora = add(mul(baseNoBias, add(ratio, -1)), mul(lora, ratio));
     }
     let out = add(y, lora);
@@ -287,9 +287,10 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
   const c = cfg as LoraConfig;
   const inst = new LoraAdapter(name, c);
   for (const t of targets) {
-    if (!(t.module instanceof Linear)) throw new AdaptkitError(`LoRA targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
-    let base = t.module;
-    if (c.fan_in_fan_out !== base.fanInFanOut) {
+    if (!isLinearLayer(t.module)) throw new AdaptkitError(`LoRA targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+    let base: LinearLayer = t.module;
+    // a quantized layer's packed weight is [out, in] whatever the float layout was, and A and B have the same shapes either way
+    if (!(base instanceof QuantLinear) && c.fan_in_fan_out !== base.fanInFanOut) {
       throw new AdaptkitError(`"${t.path}" stores its weight ${base.fanInFanOut ? '[in, out] (Conv1D)' : '[out, in]'}: set fan_in_fan_out to ${base.fanInFanOut}`);
     }
     const { r, scale } = rankAndScale(c, t.path);
@@ -297,6 +298,9 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
     const outF = base.outFeatures;
     let A: Tensor;
     let B: Tensor;
+    if ((c.init === 'pissa' || c.init === 'corda') && base instanceof QuantLinear) {
+      throw new AdaptkitError(`"${t.path}" is quantized (${base.format}): a ${c.init} initialization would change its frozen weight to a residual that needs requantizing; use the default initialization on a quantized base`);
+    }
     if (c.init === 'pissa' || c.init === 'corda') {
       const cov = c.init === 'corda' ? ctx.covariance?.get(t.path) : null;
       if (c.init === 'corda' && !cov) throw new AdaptkitError(`CorDA needs calibration data: no input covariance for "${t.path}"`);
@@ -315,12 +319,7 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
       B = zeros([outF, r]);
     }
     const d = new LoraDelta(name, parameter(A, `${t.path}.lora_A`), parameter(B, `${t.path}.lora_B`), scale, c.lora_dropout, base);
-    if (c.use_dora) {
-      d.lora_magnitude_vector = parameter(noGrad(() => {
-        const w = add(weightOutIn(base), d.deltaWeight());
-        return clone(sqrt(sum(mul(w, w), 1)));
-      }), `${t.path}.lora_magnitude_vector`);
-    }
+    if (c.use_dora) d.lora_magnitude_vector = parameter(noGrad(() => clone(d.weightNorm())), `${t.path}.lora_magnitude_vector`);
     if (c.bias !== 'none') d.bias = parameter(base.bias ? noGrad(() => clone(base.bias!)) : zeros([outF]), `${t.path}.bias`);
     inst.deltas.set(t.path, d);
   }

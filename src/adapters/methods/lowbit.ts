@@ -52,7 +52,7 @@ import {
   AdaptkitError, type Tensor, add, addmm, clone, detach, div, dropout, fromBuffer, linear, matmul, mean, mul, noGrad,
   parameter, rand, relu, sqrt, sub, sum, transpose, zeros,
 } from '../../tensor/index.js';
-import { Linear, Module, type AdapterDescriptor, type TargetSpec } from '../../nn/index.js';
+import { Linear, Module, type AdapterDescriptor, type TargetSpec, isLinearLayer } from '../../nn/index.js';
 import { baseJson, fail, optInt, optNumber, optString, parseBase, showValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -620,7 +620,7 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
   const deltas: [string, LowbitDelta][] = [];
   for (const t of targets) {
     if (c.form === 'lora') {
-      if (!(t.module instanceof Linear)) throw new AdaptkitError(`the lora form of LOWBIT targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+      if (!isLinearLayer(t.module)) throw new AdaptkitError(`the lora form of LOWBIT targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
       const base = t.module;
       layouts.add(base.fanInFanOut);
       // the scale as LoRA computes it from the saved lora_alpha, so the saved adapter gives the same outputs
@@ -629,7 +629,7 @@ function create(name: string, cfg: BaseAdapterConfig, targets: TargetInfo[], ctx
       const B = parameter(truncNormal([base.outFeatures, c.width], UP_STD, ctx), `${t.path}.lora_B`);
       deltas.push([t.path, new LowbitLoraDelta(name, A, B, c.bits, scale, c.dropout, base.fanInFanOut)]);
     } else {
-      if (t.module instanceof Linear && t.module.inFeatures !== t.module.outFeatures) {
+      if (isLinearLayer(t.module) && t.module.inFeatures !== t.module.outFeatures) {
         throw new AdaptkitError(`the bottleneck form of LOWBIT runs beside a layer whose input and output widths agree; "${t.path}" maps ${t.module.inFeatures} to ${t.module.outFeatures}`);
       }
       const d = targetWidth(t);

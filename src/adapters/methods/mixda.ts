@@ -83,7 +83,7 @@ import {
   AdaptkitError, type Tensor, add, dropout, gelu, indexSelect, isGradEnabled, isTraining, mul, narrow, parameter, rand, randn, relu, reshape, shapeStr, softmax,
   square, sub, sum, tensor, zeros,
 } from '../../tensor/index.js';
-import { type AdapterDescriptor, Linear, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Linear, Module, isLinearLayer, type LinearLayer } from '../../nn/index.js';
 import { AdapterConfigError, baseJson, fail, optBool, optInt, optNumber, optString, parseBase, showValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -214,8 +214,8 @@ function usesObjective(c: MixdaConfig): boolean {
   return c.preserve_weight > 0 || c.knowledge_weight !== 1 || c.preserve_task !== null;
 }
 
-function linearOf(t: TargetInfo): Linear {
-  if (!(t.module instanceof Linear)) throw new AdaptkitError(`MIXDA goes on linear down projections; "${t.path}" is not a linear layer`);
+function linearOf(t: TargetInfo): LinearLayer {
+  if (!isLinearLayer(t.module)) throw new AdaptkitError(`MIXDA goes on linear down projections; "${t.path}" is not a linear layer`);
   return t.module;
 }
 

@@ -56,7 +56,7 @@ import {
   AdaptkitError, type Tensor, add, addmm, clone, concat, defaultRng, div, full, indexSelect, isTraining, matmul, mul, noGrad, parameter,
   permute, rand, reshape, sigmoid, sum, tensor, transpose, zeros,
 } from '../../tensor/index.js';
-import { type AdapterDescriptor, Linear, Module } from '../../nn/index.js';
+import { type AdapterDescriptor, Linear, Module, isLinearLayer, type LinearLayer } from '../../nn/index.js';
 import { AdapterConfigError, baseJson, fail, optBool, optInt, optString, parseBase, showValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
@@ -140,8 +140,8 @@ export function parsePolyConfig(raw: RawAdapterConfig, source: string): PolyConf
 }
 
 /** A target's widths, checked: a linear layer whose widths the heads divide. */
-function layerShape(t: TargetInfo, c: PolyConfig): { layer: Linear; inF: number; outF: number } {
-  if (!(t.module instanceof Linear)) throw new AdaptkitError(`POLY targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
+function layerShape(t: TargetInfo, c: PolyConfig): { layer: LinearLayer; inF: number; outF: number } {
+  if (!isLinearLayer(t.module)) throw new AdaptkitError(`POLY targets linear layers; "${t.path}" is a ${t.module.constructor.name}`);
   const layer = t.module;
   const inF = layer.inFeatures;
   const outF = layer.outFeatures;

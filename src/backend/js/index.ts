@@ -6,11 +6,12 @@ import {
   layernormBackward, rmsnorm, rmsnormBackward, rope,
 } from './nn.js';
 import { max, softmax, softmaxBackward, sum } from './reduce.js';
+import { quantMatmul } from './quant.js';
 
 /** The pure-TypeScript reference backend: always available, single-threaded. */
 export const jsKernels: KernelSet = {
   name: 'js',
   unary, unaryBackward, binary, compare, where, copy, sum, max, matmul, indexSelect, indexAdd,
   softmax, softmaxBackward, rmsnorm, rmsnormBackward, layernorm, layernormBackward,
-  crossEntropy, crossEntropyBackward, attention, attentionBackward, rope,
+  crossEntropy, crossEntropyBackward, attention, attentionBackward, rope, quantMatmul,
 };

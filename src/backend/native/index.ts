@@ -14,8 +14,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   AdaptkitError, type AnyArray, type AttentionArgs, type AttentionBackwardArgs, type BinaryOp, type CompareOp,
-  type KernelSet, type MatmulArgs, type StridedView, UNARY_OPS, type UnaryOp,
+  type KernelSet, type MatmulArgs, type QuantMatmulArgs, type StridedView, UNARY_OPS, type UnaryOp,
 } from '../../tensor/index.js';
+import { quantMatmul as jsQuantMatmul } from '../js/quant.js';
+import { formatOf, type QuantizedTensor } from '../quant/index.js';
 
 interface Addon {
   info(): { kernel: string; threads: number; maxThreads: number };
@@ -345,7 +347,55 @@ function wrap(raw: Addon): NativeBackend {
       len('rope', sin, (t * d) / 2, 'sin');
       addon.rope(x, cos, sin, outer, t, d, out, inverse);
     },
+    quantMatmul: (a) => packedMatmul(addon, a),
   };
+}
+
+/** Values of a packed weight decoded at once for the addon's GEMM: a bounded scratch, never all of W. */
+const TILE_VALUES = 1 << 16;
+const scratchBuffers: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
+
+/** A reused buffer of at least n values (grown, never shrunk), so a step does not allocate one per product. */
+function scratch(i: number, n: number): Float32Array {
+  if (scratchBuffers[i]!.length < n) scratchBuffers[i] = new Float32Array(n);
+  return scratchBuffers[i]!.subarray(0, n);
+}
+
+/**
+ * The addon has no packed-weight kernel yet. LLM.int8()'s forward multiplies integer codes, so it
+ * runs the js reference; every other product decodes a tile of weight rows with the js format
+ * code into an f32 scratch and multiplies it with the addon's SGEMM.
+ */
+function packedMatmul(addon: Addon, a: QuantMatmulArgs): void {
+  const w = a.w as QuantizedTensor;
+  if (!a.transpose && w.format === 'int8') return jsQuantMatmul(a);
+  const format = formatOf(w);
+  format.validate(w);
+  need(w.shape.length === 2, 'quantMatmul', `${w.name ?? 'the packed weight'} must be [rows, cols]`);
+  const [n, k] = w.shape as [number, number];
+  const { m, x, out } = a;
+  need(isInt(m), 'quantMatmul', 'm must be a non-negative integer');
+  len('quantMatmul', x, m * (a.transpose ? n : k), 'x');
+  len('quantMatmul', out, m * (a.transpose ? k : n), 'out');
+  if (a.transpose) out.fill(0);
+  if (m === 0 || n === 0 || k === 0) return;
+  const rows = Math.max(1, Math.min(n, Math.floor(TILE_VALUES / k)));
+  const tile = scratch(0, rows * k);
+  const part = a.transpose ? null : scratch(1, m * rows);
+  for (let r0 = 0; r0 < n; r0 += rows) {
+    const nr = Math.min(rows, n - r0);
+    const t = nr === rows ? tile : tile.subarray(0, nr * k);
+    format.dequantizeRange(w, r0 * k, nr * k, t);
+    if (a.transpose) {
+      // out [m, k] += dy[:, r0:r0+nr] · tile [nr, k], the gradient's columns read in place
+      addon.matmul(x.subarray(r0), t, out, 1, m, k, nr, n, k, false, false, 0, 0, true);
+    } else {
+      // part [m, nr] = x [m, k] · tileᵀ, then its columns go to out[:, r0:r0+nr]
+      const p = part!.subarray(0, m * nr);
+      addon.matmul(x, t, p, 1, m, nr, k, k, k, false, true, 0, 0, false);
+      for (let i = 0; i < m; i++) out.set(p.subarray(i * nr, (i + 1) * nr), i * n + r0);
+    }
+  }
 }
 
 function checkTargets(op: string, targets: Int32Array, rows: number, cols: number, ignore: number): void {
