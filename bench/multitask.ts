@@ -343,10 +343,10 @@ const sourceDirs = (b: Built) => ({ 'source-adapters': [...b.single.get(SOURCES)
  * RoBERTa-base over 30 epochs); the router-only and averaged transfers at 1e-1 and 2e-2.
  */
 export const DEFAULT_ROWS: Row[] = [
-  { name: 'lora', stage: 'single', method: 'lora', options: { r: 8 }, lr: 5e-3, about: 'one LoRA (r 8 on q, v) per source task, trained on that task alone.' },
+  { name: 'lora', stage: 'single', method: 'lora', options: { r: 8 }, lr: 5e-3, about: 'one LoRA (r 8, alpha 16, on every linear layer) per source task, trained on that task alone.' },
   { name: SOURCES, stage: 'single', method: 'bottleneck', config: PFEIFFER, lr: 1e-2, about: 'one Pfeiffer bottleneck adapter (reduction 4) per source task: the per-task adapters of VL-Adapter\'s comparison and the sources AdapterFusion and ScaLearn combine.' },
   { name: 'shared-bottleneck', stage: 'joint', method: 'bottleneck', config: PFEIFFER, prefix: true, lr: 1e-2, about: 'one Pfeiffer bottleneck adapter shared by all four source tasks, inputs prefixed with the task name (VL-Adapter\'s single shared adapter): a quarter of the per-task adapters\' parameters.' },
-  { name: 'shared-lora', stage: 'joint', method: 'lora', options: { r: 8 }, prefix: true, lr: 5e-3, about: 'one LoRA (r 8) shared by all four source tasks with task prefixes.' },
+  { name: 'shared-lora', stage: 'joint', method: 'lora', options: { r: 8 }, prefix: true, lr: 5e-3, about: 'one LoRA (r 8 on every linear layer) shared by all four source tasks with task prefixes: a quarter of the per-task LoRAs\' parameters.' },
   { name: 'shared-lora-r5', stage: 'joint', method: 'lora', options: { r: 5, targets: ['q_proj', 'v_proj'] }, prefix: true, lr: 5e-3, about: 'LoRA r 5 on q and v shared by all source tasks with task prefixes: about IAPT\'s parameter count.' },
   { name: 'poly', stage: 'joint', method: 'poly', options: { r: 8, 'n-tasks': 4, 'n-skills': 4 }, routed: true, lr: 1e-2, about: 'Poly: 4 LoRA skills (r 8) per layer mixed per task by a learned router; scored with each task\'s id.' },
   { name: 'mhr', stage: 'joint', method: 'mhr', options: { r: 8, 'n-tasks': 4, 'n-skills': 4, 'n-splits': 4 }, routed: true, lr: 1e-2, about: 'MHR: Poly with each skill cut into 4 heads routed separately.' },
@@ -354,7 +354,7 @@ export const DEFAULT_ROWS: Row[] = [
   { name: 'mhr-lr5e-2', stage: 'joint', method: 'mhr', options: { r: 8, 'n-tasks': 4, 'n-skills': 4, 'n-splits': 4 }, routed: true, lr: 5e-2, about: 'MHR at 5× the rate (as poly-lr5e-2).' },
   { name: 'shared-prompt', stage: 'joint', method: 'prompt', options: { 'virtual-tokens': 4 }, prefix: true, lr: 1e-1, about: 'prompt tuning (4 virtual tokens) shared by all source tasks with task prefixes.' },
   { name: 'iapt', stage: 'joint', method: 'iapt', options: { 'virtual-tokens': 4, 'generator-width': 8 }, prefix: true, lr: 1e-2, about: 'IAPT: 4 soft tokens per layer generated from the instruction (the prompt part of each row) by a per-layer generator of width 8, shared by all source tasks with task prefixes.' },
-  { name: 'lora-target', stage: 'target', method: 'lora', options: { r: 8 }, lr: 5e-3, about: 'LoRA (r 8) trained from scratch on the 64 target questions.' },
+  { name: 'lora-target', stage: 'target', method: 'lora', options: { r: 8 }, lr: 5e-3, about: 'LoRA (r 8 on every linear layer) trained from scratch on the 64 target questions.' },
   { name: OWN, stage: 'target', method: 'bottleneck', config: PFEIFFER, lr: 1e-2, about: 'a Pfeiffer bottleneck adapter from scratch on the target: the target\'s own adapter that Fusion and ScaLearn include.' },
   { name: 'poly-transfer', stage: 'target', method: 'poly', needs: ['poly'], options: (b) => ({ from: b.one.get('poly')!, transfer: 'all' }), lr: 1e-2, about: 'the multi-task Poly inventory with a new routing row for the target, everything fine-tuned.' },
   { name: 'mhr-transfer', stage: 'target', method: 'mhr', needs: ['mhr'], options: (b) => ({ from: b.one.get('mhr')!, transfer: 'all' }), lr: 1e-2, about: 'the multi-task MHR inventory with a new routing row, everything fine-tuned.' },
