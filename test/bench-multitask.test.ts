@@ -49,3 +49,11 @@ describe('bench multitask rows', () => {
     assert.match(r.err, /--rows: unknown row "nope"/);
   });
 });
+
+describe('bench methods --multitask', () => {
+  it('refuses the options of the single-task comparison by name', async () => {
+    const r = await cli('bench', 'methods', '--multitask', '--tasks', 'sms', '--steps', '3');
+    assert.notEqual(r.code, 0);
+    assert.match(r.err, /--multitask runs its own rows and tasks; it does not take --tasks, --steps/);
+  });
+});

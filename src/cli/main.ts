@@ -160,7 +160,15 @@ export async function main(argv: string[]): Promise<number> {
     .option('--out <dir>', 'keep the run folders (adapters, metrics) here instead of a temporary folder')
     .option('--json', 'print only the JSON lines (no Markdown table on stdout)')
     .option('--markdown <file>', 'write the Markdown table to this file')
+    .option('--multitask', 'run the multi-task training and transfer comparison instead (`bench multitask`; --seeds, --data-dir, --out, --json and --markdown apply)')
     .action(async (o: Record<string, string | boolean | undefined>) => {
+      if (o.multitask) {
+        const other = (['tasks', 'methods', 'configs', 'steps', 'trainExamples', 'heldOut'] as const).filter((k) => o[k] !== undefined);
+        if (other.length) throw new AdaptkitError(`--multitask runs its own rows and tasks; it does not take ${other.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`);
+        const { runMultitaskCli } = await import('../../bench/multitask.js');
+        await runMultitaskCli(o);
+        return;
+      }
       const { runMethodsCli } = await import('../../bench/methods.js');
       await runMethodsCli(o);
     });
