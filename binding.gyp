@@ -6,6 +6,7 @@
         "native/src/addon.cc",
         "native/src/gemm.cc",
         "native/src/kernels.cc",
+        "native/src/quant.cc",
         "native/src/threadpool.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "quant.h"
 #include "threadpool.h"
 
 namespace ak = adaptkit;
@@ -298,6 +299,25 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// quantMatmul(kind, data: Uint8Array, n, k, absmax: Float32Array | null, code: Float32Array | null,
+//             blocksize, x, m, out, transpose)
+Napi::Value QuantMatmul(const Napi::CallbackInfo& info) {
+  const Napi::Value d = info[1];
+  if (!d.IsTypedArray() || d.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(info.Env(), "argument 1 must be a Uint8Array");
+  auto bytes = d.As<Napi::Uint8Array>();
+  ak::QuantWeight w{};
+  w.kind = static_cast<ak::QuantKind>(N(info, 0));
+  w.data = bytes.Data();
+  w.n = N(info, 2);
+  w.k = N(info, 3);
+  w.absmax = F(info, 4, true);
+  w.code = F(info, 5, true);
+  w.blocksize = N(info, 6);
+  ak::quant_matmul(w, F(info, 7), N(info, 8), F(info, 9), B(info, 10));
+  return info.Env().Undefined();
+}
+
 using BindingFn = Napi::Value (*)(const Napi::CallbackInfo&);
 struct Binding {
   const char* name;
@@ -329,6 +349,7 @@ const Binding kBindings[] = {
     {"attention", Attention},
     {"attentionBackward", AttentionBackward},
     {"rope", Rope},
+    {"quantMatmul", QuantMatmul},
 };
 
 // node-addon-api turns only Napi::Error into a JavaScript exception; any other C++ exception

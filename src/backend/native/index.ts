@@ -17,7 +17,7 @@ import {
   type KernelSet, type MatmulArgs, type QuantMatmulArgs, type StridedView, UNARY_OPS, type UnaryOp,
 } from '../../tensor/index.js';
 import { quantMatmul as jsQuantMatmul } from '../js/quant.js';
-import { formatOf, type QuantizedTensor } from '../quant/index.js';
+import { formatOf, type Bnb4bitTensor, type QuantizedTensor } from '../quant/index.js';
 
 interface Addon {
   info(): { kernel: string; threads: number; maxThreads: number };
@@ -59,6 +59,10 @@ interface Addon {
   attention(...args: unknown[]): void;
   attentionBackward(...args: unknown[]): void;
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, outer: number, t: number, d: number, out: Float32Array, inverse: boolean): void;
+  quantMatmul(
+    kind: number, data: Uint8Array, n: number, k: number, absmax: Float32Array | null, code: Float32Array | null,
+    blocksize: number, x: Float32Array, m: number, out: Float32Array, transpose: boolean,
+  ): void;
 }
 
 const BINARY_CODE: Record<BinaryOp | CompareOp, number> = {
@@ -361,10 +365,39 @@ function scratch(i: number, n: number): Float32Array {
   return scratchBuffers[i]!.subarray(0, n);
 }
 
+/** Format ids of native/src/quant.h (QuantKind); formats not listed take the tiled js-decode path. */
+const NATIVE_QUANT_KIND: Partial<Record<QuantizedTensor['format'], number>> = { q8_0: 0, q4_0: 1, bf16: 2, f16: 3, nf4: 4, fp4: 4 };
+
+/** Per-block f32 scales of a 4-bit tensor, nested ones decoded once per tensor (the tensor is never mutated). */
+const bnbScales = new WeakMap<Bnb4bitTensor, Float32Array>();
+
+function bnbAbsmax(w: Bnb4bitTensor): Float32Array {
+  const { nested, absmax } = w;
+  if (!nested) return absmax as Float32Array;
+  let s = bnbScales.get(w);
+  if (!s) {
+    // the same f32 steps as the js decoder (bnb.ts blockScale), so both backends see equal scales
+    const offset = Math.fround(nested.offset);
+    s = new Float32Array(absmax.length);
+    for (let b = 0; b < s.length; b++) {
+      s[b] = Math.fround(Math.fround(nested.quantMap[absmax[b]!]! * nested.absmax[Math.floor(b / nested.blocksize)]!) + offset);
+    }
+    bnbScales.set(w, s);
+  }
+  return s;
+}
+
+/** The packed bytes as a Uint8Array view of the same memory (16-bit data is little-endian in both). */
+function packedBytes(w: QuantizedTensor): Uint8Array {
+  const d = 'data' in w ? w.data : w.weight;
+  return d instanceof Uint8Array ? d : new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+}
+
 /**
- * The addon has no packed-weight kernel yet. LLM.int8()'s forward multiplies integer codes, so it
- * runs the js reference; every other product decodes a tile of weight rows with the js format
- * code into an f32 scratch and multiplies it with the addon's SGEMM.
+ * q8_0, q4_0, bf16, f16, nf4 and fp4 run on the addon's packed kernels (native/src/quant.cc),
+ * which decode blocks inside the product. LLM.int8()'s forward multiplies integer codes, so it
+ * runs the js reference; the remaining products (int8's gradient, the K-quants) decode a tile of
+ * weight rows with the js format code into an f32 scratch and multiply it with the addon's SGEMM.
  */
 function packedMatmul(addon: Addon, a: QuantMatmulArgs): void {
   const w = a.w as QuantizedTensor;
@@ -377,6 +410,22 @@ function packedMatmul(addon: Addon, a: QuantMatmulArgs): void {
   need(isInt(m), 'quantMatmul', 'm must be a non-negative integer');
   len('quantMatmul', x, m * (a.transpose ? n : k), 'x');
   len('quantMatmul', out, m * (a.transpose ? k : n), 'out');
+  const kind = NATIVE_QUANT_KIND[w.format];
+  if (kind !== undefined) {
+    // validate() has checked the data against the shape (and, for 4-bit, absmax against the blocks)
+    const bnb = w.format === 'nf4' || w.format === 'fp4' ? w : null;
+    addon.quantMatmul(
+      kind, packedBytes(w), n, k, bnb ? bnbAbsmax(bnb) : null, bnb ? bnb.quantMap : null, bnb ? bnb.blocksize : 0,
+      x, m, out, a.transpose,
+    );
+    return;
+  }
+  tiledMatmul(addon, a, w, n, k);
+}
+
+function tiledMatmul(addon: Addon, a: QuantMatmulArgs, w: QuantizedTensor, n: number, k: number): void {
+  const format = formatOf(w);
+  const { m, x, out } = a;
   if (a.transpose) out.fill(0);
   if (m === 0 || n === 0 || k === 0) return;
   const rows = Math.max(1, Math.min(n, Math.floor(TILE_VALUES / k)));
