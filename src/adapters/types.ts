@@ -160,6 +160,16 @@ export interface AdapterInstance {
   generated?(): { config: RawAdapterConfig; tensors: Map<string, Tensor> };
 }
 
+/** One low-rank-adapted linear layer: A [r, in] and B [out, r], applied as scale·B·A. */
+export interface LowRankFactors {
+  /** Module path in the base model, e.g. "model.layers.0.self_attn.q_proj". */
+  module: string;
+  a: Float32Array;
+  b: Float32Array;
+  r: number;
+  scale: number;
+}
+
 /** A CLI option a method's presets read (`adaptkit train --<name> <value>`). */
 export interface MethodOption {
   /** As spelled after `--` (`r`, `virtual-tokens`). */
@@ -293,6 +303,12 @@ export interface AdapterMethod {
    * peft_type (ZeroI2V's folded weight change as a LoRA).
    */
   readonly exports?: Readonly<Record<string, (am: AdapterModel, name: string) => { config: RawAdapterConfig; tensors: Map<string, Tensor> }>>;
+  /**
+   * Capability: the adapter (its config and PEFT tensors) as plain low-rank factors of linear
+   * layers, W' = W + scale·B·A, the form llama.cpp's GGUF LoRA adapters hold; what that form
+   * cannot hold is refused, naming the field. Methods without it reach it through `exports`.
+   */
+  lowRank?(config: RawAdapterConfig, tensors: ReadonlyMap<string, Tensor>, source: string): { alpha: number; factors: LowRankFactors[] };
   /** Capability: weighted combination of adapters of this method into a new one. */
   combine?(target: CombineTarget, names: readonly string[], weights: readonly number[], newName: string, o: CombineOptions): AdapterInstance;
   /** Names of the combinations `combine` knows. */

@@ -6,14 +6,14 @@ import { AdaptkitError, type Tensor } from '../tensor/index.js';
 import { describeModel } from '../nn/index.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import {
-  AdapterModel, type LoraConfig, addWeightedAdapter, composeSparse, defaultTargetsFor, exportAdapter, findTargets, getMethod, rankAndScale, registeredMethods,
+  AdapterModel, addWeightedAdapter, composeSparse, defaultTargetsFor, exportAdapter, findTargets, getMethod, registeredMethods,
 } from '../adapters/index.js';
-import { adapterWeightsFile, readAdapterConfig, readTensorMap, splitPeftKey } from '../adapters/files.js';
+import { adapterWeightsFile, readAdapterConfig, readTensorMap } from '../adapters/files.js';
 import { loadModel } from '../models/load.js';
 import { saveModelFolder } from '../models/save.js';
 import { LlamaForCausalLM } from '../models/llama/model.js';
 import {
-  GGUF_ADAPTER_PEFT_TYPE, GGUF_EXPORT_TYPES, type GgufExportType, type LoraFactors, exportGgufLora, exportGgufModel, ggufNameFor, ggufVocabKeys,
+  GGUF_EXPORT_TYPES, type GgufExportType, type LoraFactors, exportGgufLora, exportGgufModel, ggufNameFor, ggufVocabKeys,
 } from '../models/gguf.js';
 import { resolveModel } from './models.js';
 import { QUANTIZE_HELP, mergeAndReport, quantizeLoadOptions, reportQuantization } from './quantize.js';
@@ -28,49 +28,36 @@ function readAdapter(dir: string): { config: Record<string, unknown>; tensors: M
 }
 
 /**
- * A PEFT adapter as LoRA factors over `model`: a LoRA adapter as saved, or another method's adapter
- * through its `exports` capability (ZeroI2V, a one-task Poly). What a GGUF LoRA cannot hold
- * (DoRA magnitudes, trained biases, modules_to_save copies) is refused, naming the field.
+ * A PEFT adapter as low-rank factors over `model`: its method's `lowRank` form, or another
+ * method's adapter rewritten through its `exports` capability into a method that has one
+ * (ZeroI2V, a one-task Poly). What the factors cannot hold is refused, naming the field.
  */
 function loraFactorsOf(model: LlamaForCausalLM, dir: string): { alpha: number; factors: LoraFactors[] } {
   const cfgPath = join(dir, 'adapter_config.json');
   const raw = readAdapterConfig(dir);
   const method = getMethod(raw.peft_type, cfgPath);
-  const lora = getMethod(GGUF_ADAPTER_PEFT_TYPE);
+  let target = method;
   let config: Record<string, unknown>;
   let tensors: Map<string, Tensor>;
-  if (method === lora) {
+  if (method.lowRank) {
     config = raw;
     tensors = readTensorMap(adapterWeightsFile(dir));
   } else {
-    const convert = method.exports?.[GGUF_ADAPTER_PEFT_TYPE];
-    if (!convert) {
-      const can = registeredMethods().filter((m) => m === lora || m.exports?.[GGUF_ADAPTER_PEFT_TYPE]).map((m) => m.peftType);
-      throw new AdaptkitError(`${cfgPath}: ${method.peftType} adapters cannot be written as GGUF LoRA adapters (llama.cpp's adapters are LoRA; these methods can: ${can.join(', ')})`);
+    const via = Object.keys(method.exports ?? {}).find((t) => getMethod(t).lowRank);
+    if (!via) {
+      const can = registeredMethods().filter((m) => m.lowRank || Object.keys(m.exports ?? {}).some((t) => getMethod(t).lowRank)).map((m) => m.peftType);
+      throw new AdaptkitError(`${cfgPath}: ${method.peftType} adapters cannot be written as GGUF LoRA adapters (llama.cpp's adapters are low-rank factors; these methods can: ${can.join(', ')})`);
     }
     const am = new AdapterModel(model);
     am.load(dir, 'adapter');
-    ({ config, tensors } = convert(am, 'adapter'));
+    ({ config, tensors } = method.exports![via]!(am, 'adapter'));
+    target = getMethod(via);
   }
-  const c = lora.parseConfig(config, cfgPath) as LoraConfig;
-  if (c.use_dora) throw new AdaptkitError(`${cfgPath}: use_dora is true: a GGUF LoRA adapter holds no DoRA magnitudes (merge the adapter into the model instead)`);
-  if (c.bias !== 'none') throw new AdaptkitError(`${cfgPath}: bias is "${c.bias}": a GGUF LoRA adapter holds no trained biases`);
-  if (c.modules_to_save?.length) throw new AdaptkitError(`${cfgPath}: modules_to_save (${c.modules_to_save.join(', ')}): a GGUF LoRA adapter holds no full module copies`);
-  const factors: LoraFactors[] = [];
   try {
-    for (const [key, a] of tensors) {
-      if (splitPeftKey(key, 'lora_B.weight') !== null) continue;
-      const mod = splitPeftKey(key, 'lora_A.weight');
-      if (mod === null) throw new AdaptkitError(`${cfgPath}: tensor ${key} cannot be written to a GGUF LoRA adapter (it holds lora_A and lora_B of linear layers only)`);
-      const b = tensors.get(key.replace(/lora_A\.weight$/, 'lora_B.weight'));
-      if (!b) throw new AdaptkitError(`${cfgPath}: ${key} has no lora_B.weight`);
-      if (a.ndim !== 2 || b.ndim !== 2 || b.shape[1] !== a.shape[0]) throw new AdaptkitError(`${cfgPath}: ${mod}: lora_A [${a.shape.join(', ')}] and lora_B [${b.shape.join(', ')}] are not [r, in] and [out, r]`);
-      factors.push({ module: mod, a: Float32Array.from(a.toArray()), b: Float32Array.from(b.toArray()), r: a.shape[0]!, scale: rankAndScale(c, mod).scale });
-    }
+    return target.lowRank!(config, tensors, cfgPath);
   } finally {
     for (const t of tensors.values()) t.dispose();
   }
-  return { alpha: c.lora_alpha, factors };
 }
 
 export function registerAdapterCommands(program: Command): void {

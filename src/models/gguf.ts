@@ -457,9 +457,6 @@ export function ggufNameFor(path: string): string {
 // ---------------------------------------------------------------------------------------------
 // export: LoRA adapters
 
-/** The PEFT adapter type a GGUF LoRA adapter holds (what the export command converts other adapters to). */
-export const GGUF_ADAPTER_PEFT_TYPE = 'LORA';
-
 /** One LoRA-adapted linear layer: PEFT's A [r, in] and B [out, r], and the scale the adapter applies (s·BA). */
 export interface LoraFactors {
   /** HF module path, e.g. "model.layers.0.self_attn.q_proj". */

@@ -16,12 +16,12 @@ import { Linear, type LinearLayer, Module, QuantLinear, isLinearLayer, productNo
 import { baseJson, showValue, numberMap, optBool, optInt, optNumber, parseBase, patternValue } from '../config.js';
 import { registerMethod } from '../registry.js';
 import { loadInto } from '../state.js';
-import { peftKey } from '../files.js';
+import { peftKey, splitPeftKey } from '../files.js';
 import { ALPHA, DROPOUT, RANK, TARGETS, num, targetsOption } from '../options.js';
 import { combineLora, LORA_COMBINATIONS } from './lora-combine.js';
 import {
   type AdapterInstance, type AdapterMethod, type BaseAdapterConfig, type CreateContext, type LayerDelta, type MethodPreset,
-  type PresetOptions, type RawAdapterConfig, type RowBatchedForm, RowRouting, type TargetInfo,
+  type LowRankFactors, type PresetOptions, type RawAdapterConfig, type RowBatchedForm, RowRouting, type TargetInfo,
 } from '../types.js';
 
 export type LoraInit = 'default' | 'gaussian' | 'pissa' | 'corda' | 'zeros';
@@ -434,6 +434,23 @@ export const LORA: AdapterMethod = {
   ],
   options: [RANK, ALPHA, DROPOUT, TARGETS],
   floatKeys: ['lora_dropout', 'lora_alpha'],
+  lowRank(raw, tensors, source) {
+    const c = parseLoraConfig(raw, source);
+    if (c.use_dora) throw new AdaptkitError(`${source}: use_dora is true: plain low-rank factors hold no DoRA magnitudes (merge the adapter into the model instead)`);
+    if (c.bias !== 'none') throw new AdaptkitError(`${source}: bias is "${c.bias}": plain low-rank factors hold no trained biases`);
+    if (c.modules_to_save?.length) throw new AdaptkitError(`${source}: modules_to_save (${c.modules_to_save.join(', ')}): plain low-rank factors hold no full module copies`);
+    const factors: LowRankFactors[] = [];
+    for (const [key, a] of tensors) {
+      if (splitPeftKey(key, 'lora_B.weight') !== null) continue;
+      const mod = splitPeftKey(key, 'lora_A.weight');
+      if (mod === null) throw new AdaptkitError(`${source}: tensor ${key} is not a low-rank factor (only lora_A and lora_B of linear layers are)`);
+      const b = tensors.get(key.replace(/lora_A\.weight$/, 'lora_B.weight'));
+      if (!b) throw new AdaptkitError(`${source}: ${key} has no lora_B.weight`);
+      if (a.ndim !== 2 || b.ndim !== 2 || b.shape[1] !== a.shape[0]) throw new AdaptkitError(`${source}: ${mod}: lora_A [${a.shape.join(', ')}] and lora_B [${b.shape.join(', ')}] are not [r, in] and [out, r]`);
+      factors.push({ module: mod, a: Float32Array.from(a.toArray()), b: Float32Array.from(b.toArray()), r: a.shape[0]!, scale: rankAndScale(c, mod).scale });
+    }
+    return { alpha: c.lora_alpha, factors };
+  },
   prepareLoad(raw) {
     // a saved PiSSA/CorDA adapter is plain LoRA over the base it was saved for: its SVD already ran
     return {
