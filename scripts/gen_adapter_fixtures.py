@@ -13,38 +13,12 @@ import struct
 
 import torch
 import torch.nn.functional as F
+from fixture_io import load_safetensors, save_safetensors  # noqa: E402
 
 torch.manual_seed(99)
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(HERE, '..', 'test', 'fixtures', 'models')
 OUT = os.path.join(HERE, '..', 'test', 'fixtures', 'adapters')
-
-
-def load_safetensors(path):
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == '__metadata__':
-            continue
-        a, b = v['data_offsets']
-        out[k] = torch.frombuffer(bytearray(data[a:b]), dtype=torch.float32).reshape(v['shape']).clone()
-    return out
-
-
-def save_safetensors(path, tensors):
-    header, blobs, off = {'__metadata__': {'format': 'pt'}}, [], 0
-    for name in sorted(tensors):
-        b = tensors[name].contiguous().float().numpy().tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(tensors[name].shape), 'data_offsets': [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(',', ':')).encode()
-    h += b' ' * ((8 - len(h) % 8) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(h)) + h + b''.join(blobs))
 
 
 def rotate_half(x):
@@ -122,7 +96,7 @@ def case(name, model, config, make_linear_and_weights):
             'task_type': 'CAUSAL_LM', **config}
     with open(os.path.join(d, 'adapter_config.json'), 'w') as f:
         json.dump(full, f, indent=2, sort_keys=True)
-    save_safetensors(os.path.join(d, 'adapter_model.safetensors'), adapter)
+    save_safetensors(os.path.join(d, 'adapter_model.safetensors'), adapter, {'format': 'pt'})
     with open(os.path.join(d, 'expected.json'), 'w') as f:
         json.dump({'model': model, 'ids': ids.tolist(), 'logits': logits.flatten().tolist()}, f)
     print('wrote', name)

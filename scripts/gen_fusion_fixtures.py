@@ -18,6 +18,7 @@ import struct
 
 import torch
 import torch.nn.functional as F
+from fixture_io import save_safetensors  # noqa: E402
 
 torch.manual_seed(7)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,21 +27,6 @@ D, HIDDEN, LAYERS = 32, 48, 2
 B, T = 2, 3
 NAMES = ['a', 'b', 'c']
 PATH = 'model.layers.{}.mlp.down_proj'
-
-
-def save_safetensors(path, tensors, metadata=None):
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header['__metadata__'] = metadata
-    for name in sorted(tensors):
-        b = tensors[name].detach().contiguous().float().numpy().tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(tensors[name].shape), 'data_offsets': [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(',', ':')).encode()
-    h += b' ' * ((8 - len(h) % 8) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(h)) + h + b''.join(blobs))
 
 
 def write_json(path, obj):

@@ -12,37 +12,10 @@ import struct
 
 import torch
 import torch.nn.functional as F
+from fixture_io import save_safetensors, write_model_fixture  # noqa: E402
 
 torch.manual_seed(4321)
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'test', 'fixtures', 'models')
-
-
-def save_safetensors(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().float()
-        b = t.numpy().tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(t.shape), 'data_offsets': [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(',', ':')).encode()
-    h += b' ' * ((8 - len(h) % 8) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-def write(name, config, weights, expected):
-    d = os.path.join(ROOT, name)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=2)
-    save_safetensors(os.path.join(d, 'model.safetensors'), weights)
-    with open(os.path.join(d, 'expected.json'), 'w') as f:
-        json.dump(expected, f)
-    print('wrote', name)
 
 
 def rnd(*shape, std=0.2):
@@ -139,7 +112,7 @@ def llama_case(name, cfg):
     mask = torch.ones(2, 9)
     mask[1, 6:] = 0
     logits = llama_forward(cfg, w, ids, mask)
-    write(name, cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'logits': logits.flatten().tolist(),
+    write_model_fixture(ROOT, name, cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'logits': logits.flatten().tolist(),
                          'shape': list(logits.shape)})
 
 
@@ -203,7 +176,7 @@ def gpt2_case():
     # HF checkpoints also carry the causal-mask buffers; loaders must ignore them
     for l in range(L):
         w[f'transformer.h.{l}.attn.bias'] = torch.tril(torch.ones(P, P)).view(1, 1, P, P)
-    write('gpt2', cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'logits': logits.flatten().tolist(),
+    write_model_fixture(ROOT, 'gpt2', cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'logits': logits.flatten().tolist(),
                            'shape': list(logits.shape)})
 
 
@@ -263,7 +236,7 @@ def bert_case():
         h = ln(lin(m, p + '.output.dense') + a, p + '.output.LayerNorm')
     pooled = torch.tanh(lin(h[:, 0], 'bert.pooler.dense'))
     logits = lin(pooled, 'classifier')
-    write('bert', cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'token_type_ids': types.tolist(),
+    write_model_fixture(ROOT, 'bert', cfg, w, {'ids': ids.tolist(), 'attention_mask': mask.tolist(), 'token_type_ids': types.tolist(),
                            'logits': logits.flatten().tolist(), 'shape': list(logits.shape),
                            'hidden': h.flatten().tolist()})
 

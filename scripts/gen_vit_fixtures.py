@@ -23,37 +23,10 @@ import struct
 
 import torch
 import torch.nn.functional as F
+from fixture_io import save_safetensors, write_model_fixture  # noqa: E402
 
 torch.manual_seed(2024)
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'test', 'fixtures', 'models')
-
-
-def save_safetensors(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().float()
-        b = t.numpy().tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(t.shape), 'data_offsets': [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(',', ':')).encode()
-    h += b' ' * ((8 - len(h) % 8) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-def write(name, config, weights, expected):
-    d = os.path.join(ROOT, name)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=2)
-    save_safetensors(os.path.join(d, 'model.safetensors'), weights)
-    with open(os.path.join(d, 'expected.json'), 'w') as f:
-        json.dump(expected, f)
-    print('wrote', name)
 
 
 def rnd(*shape, std=0.2):
@@ -156,7 +129,7 @@ def case(name, cfg, prefix, head, pooler, batch=2):
     if logits is not None:
         exp['logits'] = logits.flatten().tolist()
         exp['logits_shape'] = list(logits.shape)
-    write(name, cfg, w, exp)
+    write_model_fixture(ROOT, name, cfg, w, exp)
 
 
 # a ViTForImageClassification: 3 channels, 16x16 images of 4x4 patches, 10 labels; keys adaptkit
