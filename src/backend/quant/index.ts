@@ -9,4 +9,4 @@ export {
   packQuantState, unpackQuantState, quantStateKey, pythonFloatRepr, bnb4bitStateDict, bnb4bitFromStateDict,
   int8StateDict, int8FromStateDict, type StateTensor, type StateLookup, type QuantStateDict,
 } from './bnb-state.js';
-export { quantMatmul, blockMatmul } from './matvec.js';
+export { quantMatmul, blockMatmul, blockMatmulTransposed } from './matvec.js';
